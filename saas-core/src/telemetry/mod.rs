@@ -350,8 +350,75 @@ mod sentry_support {
         event
     }
 
+    /// The request's own hub, put in the request extensions by [`sentry_layer`].
+    #[derive(Clone, Debug)]
+    pub struct RequestHub(pub Arc<sentry::Hub>);
+
+    /// Records the hub that [`sentry_tower::NewSentryLayer`] bound for this request.
+    #[derive(Clone, Copy, Debug, Default)]
+    pub struct MarkHubLayer;
+
+    impl<S> tower::Layer<S> for MarkHubLayer {
+        type Service = MarkHub<S>;
+        fn layer(&self, inner: S) -> Self::Service {
+            MarkHub { inner }
+        }
+    }
+
+    /// The service made by [`MarkHubLayer`].
+    #[derive(Clone, Debug)]
+    pub struct MarkHub<S> {
+        inner: S,
+    }
+
+    impl<S, B> tower::Service<http::Request<B>> for MarkHub<S>
+    where
+        S: tower::Service<http::Request<B>>,
+    {
+        type Response = S::Response;
+        type Error = S::Error;
+        type Future = S::Future;
+        fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+            self.inner.poll_ready(cx)
+        }
+        fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+            req.extensions_mut().insert(RequestHub(sentry::Hub::current()));
+            self.inner.call(req)
+        }
+    }
+
+    /// The Sentry layers for a service: a hub per request (so that concurrent requests'
+    /// tags never mix), request details on events, and the marker [`TraceLayer`](super::TraceLayer)
+    /// uses to tag the hub with request, trace, tenant and user ids. Put it outside
+    /// `TraceLayer`; panics inside the request are then reported with those tags.
+    pub fn sentry_layer<B>() -> tower::layer::util::Stack<
+        MarkHubLayer,
+        tower::layer::util::Stack<sentry_tower::SentryHttpLayer, sentry_tower::NewSentryLayer<http::Request<B>>>,
+    > {
+        tower::layer::util::Stack::new(
+            MarkHubLayer,
+            tower::layer::util::Stack::new(
+                sentry_tower::SentryHttpLayer::new(),
+                sentry_tower::NewSentryLayer::new_from_top(),
+            ),
+        )
+    }
+
+    pub(super) fn request_hub<B>(
+        req: &http::Request<B>,
+        request_id: &crate::request_id::RequestId,
+        trace_id: super::TraceId,
+    ) -> Option<Arc<sentry::Hub>> {
+        let hub = req.extensions().get::<RequestHub>()?.0.clone();
+        hub.configure_scope(|scope| {
+            scope.set_tag("request_id", request_id.as_str());
+            scope.set_tag("trace_id", trace_id);
+        });
+        Some(hub)
+    }
+
     pub(super) fn report(handle: &RequestSpan, request_id: &crate::request_id::RequestId, route: &str, code: u16) {
-        let hub = sentry::Hub::current();
+        let hub = handle.sentry_hub().cloned().unwrap_or_else(sentry::Hub::current);
         if hub.client().is_none() {
             return;
         }
@@ -373,4 +440,9 @@ mod sentry_support {
 }
 
 #[cfg(feature = "sentry")]
-pub use sentry_support::{options as sentry_options, redact_event as sentry_redact_event};
+pub use sentry_support::{
+    MarkHub, MarkHubLayer, RequestHub, options as sentry_options, redact_event as sentry_redact_event, sentry_layer,
+};
+
+#[cfg(feature = "sentry")]
+use sentry_support::request_hub;

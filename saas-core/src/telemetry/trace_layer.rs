@@ -70,6 +70,8 @@ struct Identity {
 pub struct RequestSpan {
     span: Span,
     identity: Arc<Identity>,
+    #[cfg(feature = "sentry")]
+    hub: Option<Arc<sentry::Hub>>,
 }
 
 impl RequestSpan {
@@ -81,13 +83,26 @@ impl RequestSpan {
     pub fn record_tenant(&self, tenant: impl std::fmt::Display) {
         let s = tenant.to_string();
         self.span.record("tenant_id", s.as_str());
+        #[cfg(feature = "sentry")]
+        if let Some(hub) = &self.hub {
+            hub.configure_scope(|scope| scope.set_tag("tenant_id", &s));
+        }
         let _ = self.identity.tenant_id.set(s);
     }
     /// Records the user id (the first value recorded wins).
     pub fn record_user(&self, user: impl std::fmt::Display) {
         let s = user.to_string();
         self.span.record("user_id", s.as_str());
+        #[cfg(feature = "sentry")]
+        if let Some(hub) = &self.hub {
+            hub.configure_scope(|scope| scope.set_tag("user_id", &s));
+        }
         let _ = self.identity.user_id.set(s);
+    }
+    /// The request's own Sentry hub, when [`sentry_layer`](super::sentry_layer) is in the stack.
+    #[cfg(feature = "sentry")]
+    pub fn sentry_hub(&self) -> Option<&Arc<sentry::Hub>> {
+        self.hub.as_ref()
     }
     /// The recorded tenant id.
     pub fn tenant_id(&self) -> Option<&str> {
@@ -107,7 +122,8 @@ impl RequestSpan {
 /// `http_requests_total{method,route,status}`,
 /// `http_request_duration_seconds{method,route,status}` and
 /// `http_server_errors_total{method,route}`. With the `sentry` feature, 5xx responses are
-/// reported to the current Sentry hub, tagged with the request, tenant and user ids.
+/// reported to Sentry, tagged with the request, tenant and user ids (put
+/// [`sentry_layer`](super::sentry_layer) outside this layer so that panics carry the tags too).
 ///
 /// `route` is axum's `MatchedPath` when the `axum` feature is on and the layer is added
 /// with `Router::layer`; otherwise `unmatched` (raw paths would explode metric labels).
@@ -197,6 +213,8 @@ where
         let handle = RequestSpan {
             span: span.clone(),
             identity: Arc::default(),
+            #[cfg(feature = "sentry")]
+            hub: super::request_hub(&req, &request_id, trace_id),
         };
         req.extensions_mut().insert(trace_id);
         req.extensions_mut().insert(handle.clone());
@@ -227,6 +245,24 @@ struct Completion {
 }
 
 impl Completion {
+    fn cancelled(self) {
+        let _enter = self.handle.span.enter();
+        let elapsed = self.start.elapsed();
+        self.handle.span.record("latency_ms", elapsed.as_secs_f64() * 1000.0);
+        if std::thread::panicking() {
+            tracing::error!("request aborted by a panic");
+        } else {
+            tracing::info!("request cancelled before a response");
+        }
+        let route = self.route.unwrap_or_else(|| "unmatched".to_owned());
+        metrics::counter!(
+            "http_requests_cancelled_total",
+            "method" => self.method.as_str().to_owned(),
+            "route" => route
+        )
+        .increment(1);
+    }
+
     fn finish(self, status: Option<http::StatusCode>, error: Option<&dyn std::fmt::Display>) {
         let span = &self.handle.span;
         let _enter = span.enter();
@@ -262,6 +298,16 @@ pin_project! {
         #[pin]
         inner: F,
         state: Option<Completion>,
+    }
+
+    impl<F> PinnedDrop for ResponseFuture<F> {
+        fn drop(this: Pin<&mut Self>) {
+            // Dropped before completing: the client went away, a timeout fired, or the
+            // handler panicked. Log it so that no request disappears from the record.
+            if let Some(state) = this.project().state.take() {
+                state.cancelled();
+            }
+        }
     }
 }
 

@@ -55,6 +55,15 @@ impl Capture {
     }
 }
 
+/// Captures JSON log lines at `filter` on this thread until the guard drops.
+fn capture(filter: &str) -> (Capture, tracing::subscriber::DefaultGuard) {
+    let capture = Capture::default();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_subscriber::EnvFilter::new(filter))
+        .with(JsonLayer::new(capture.clone()));
+    (capture, tracing::subscriber::set_default(subscriber))
+}
+
 /// Stands in for the tenant layer: records the tenant and user into the request span.
 async fn identify(req: Request, next: Next) -> axum::response::Response {
     if let Some(span) = req.extensions().get::<RequestSpan>() {
@@ -102,11 +111,7 @@ async fn send(req: http::Request<Body>) -> http::Response<Body> {
 
 #[tokio::test]
 async fn each_request_logs_one_completion_line_with_ids() {
-    let capture = Capture::default();
-    let subscriber = tracing_subscriber::registry()
-        .with(tracing_subscriber::EnvFilter::new("debug"))
-        .with(JsonLayer::new(capture.clone()));
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (capture, _guard) = capture("debug");
 
     let tenant = TenantId::new();
     let mut req = http::Request::get("/projects/1")
@@ -143,11 +148,7 @@ async fn each_request_logs_one_completion_line_with_ids() {
 
 #[tokio::test]
 async fn sensitive_headers_never_reach_the_log() {
-    let capture = Capture::default();
-    let subscriber = tracing_subscriber::registry()
-        .with(tracing_subscriber::EnvFilter::new("trace"))
-        .with(JsonLayer::new(capture.clone()));
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (capture, _guard) = capture("trace");
 
     for (name, value) in SECRETS {
         let req = http::Request::get("/projects/1")
@@ -174,11 +175,7 @@ async fn sensitive_headers_never_reach_the_log() {
 
 #[tokio::test]
 async fn a_trace_id_is_minted_without_traceparent_and_5xx_logs_at_warn() {
-    let capture = Capture::default();
-    let subscriber = tracing_subscriber::registry()
-        .with(tracing_subscriber::EnvFilter::new("info"))
-        .with(JsonLayer::new(capture.clone()));
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (capture, _guard) = capture("info");
 
     let res = send(http::Request::get("/fail").body(Body::empty()).unwrap()).await;
     assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
@@ -196,6 +193,31 @@ async fn a_trace_id_is_minted_without_traceparent_and_5xx_logs_at_warn() {
     let failed = lines.iter().find(|l| l["message"] == "request failed").unwrap();
     assert_eq!(failed["cause"], "disk full");
     assert_eq!(failed["trace_id"], trace);
+}
+
+#[tokio::test]
+async fn a_request_dropped_before_its_response_is_logged() {
+    let (capture, _guard) = capture("info");
+
+    let slow = Router::new()
+        .route("/slow", get(std::future::pending::<&'static str>))
+        .layer(
+            ServiceBuilder::new()
+                .layer(RequestIdLayer::new())
+                .layer(TraceLayer::new()),
+        );
+    let req = http::Request::get("/slow")
+        .header("x-request-id", "rid-gone")
+        .body(Body::empty())
+        .unwrap();
+    let outcome = tokio::time::timeout(std::time::Duration::from_millis(20), slow.oneshot(req)).await;
+    assert!(outcome.is_err());
+    let lines = capture.lines();
+    let line = lines
+        .iter()
+        .find(|l| l["message"] == "request cancelled before a response")
+        .unwrap();
+    assert_eq!(line["request_id"], "rid-gone");
 }
 
 #[cfg(feature = "prometheus")]
@@ -225,45 +247,103 @@ async fn red_metrics_are_recorded_by_route_and_status() {
 }
 
 #[cfg(feature = "sentry")]
+fn sentry_app() -> Router {
+    Router::new()
+        .route(
+            "/fail",
+            get(|| async { Err::<(), _>(Problem::internal().with_internal("disk full")) }),
+        )
+        .route(
+            "/panic",
+            get(|| async {
+                if std::hint::black_box(true) {
+                    panic!("handler exploded");
+                }
+                "unreachable"
+            }),
+        )
+        .layer(
+            ServiceBuilder::new()
+                .layer(RequestIdLayer::new())
+                .layer(saas_core::telemetry::sentry_layer())
+                .layer(TraceLayer::new())
+                .layer(ProblemLayer::new())
+                .layer(middleware::from_fn(identify)),
+        )
+}
+
+#[cfg(feature = "sentry")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn server_errors_are_reported_to_sentry_with_ids_and_no_secrets() {
+async fn server_errors_and_panics_are_reported_to_sentry_with_ids_and_no_secrets() {
     use sentry::SentryFutureExt;
 
     let peer = peer::Peer::start().await;
     let dsn: sentry::types::Dsn = format!("http://public@{}/42", peer.addr()).parse().unwrap();
     let config = saas_core::telemetry::TelemetryConfig::default().service_name("telemetry-test");
-    let client = Arc::new(sentry::Client::from(sentry::apply_defaults(
-        saas_core::telemetry::sentry_options(dsn, &config),
-    )));
+    let options = sentry::apply_defaults(saas_core::telemetry::sentry_options(dsn, &config));
+    let client = Arc::new(sentry::Client::from(options));
     let hub = Arc::new(sentry::Hub::new(
         Some(client.clone()),
         Arc::new(sentry::Scope::default()),
     ));
 
     let tenant = TenantId::new();
-    let req = http::Request::get("/fail")
-        .header("x-request-id", "rid-sentry")
-        .header("x-tenant-id", tenant.to_string())
-        .header("authorization", "Bearer secret-bearer")
-        .body(Body::empty())
+    let request = |path: &str, id: &str| {
+        http::Request::get(path)
+            .header("x-request-id", id)
+            .header("x-tenant-id", tenant.to_string())
+            .header("authorization", "Bearer secret-bearer")
+            .header("cookie", "sid=secret-cookie")
+            .body(Body::empty())
+            .unwrap()
+    };
+    let res = sentry_app()
+        .oneshot(request("/fail", "rid-sentry"))
+        .bind_hub(hub.clone())
+        .await
         .unwrap();
-    let res = send(req).bind_hub(hub.clone()).await;
     assert_eq!(res.status(), 500);
     // A 4xx is not reported.
-    send(http::Request::get("/nowhere").body(Body::empty()).unwrap())
+    let res = sentry_app()
+        .oneshot(request("/nowhere", "rid-404"))
         .bind_hub(hub.clone())
-        .await;
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    // A panic inside the request is reported with the request's tags.
+    let panicked = tokio::spawn(
+        sentry_app()
+            .oneshot(request("/panic", "rid-panic"))
+            .bind_hub(hub.clone()),
+    )
+    .await;
+    assert!(panicked.unwrap_err().is_panic());
     assert!(client.flush(Some(std::time::Duration::from_secs(5))));
 
-    let bodies = peer.bodies();
-    assert_eq!(bodies.len(), 1, "{bodies:?}");
-    let envelope = String::from_utf8_lossy(&bodies[0]).into_owned();
-    assert!(envelope.contains("rid-sentry"), "{envelope}");
-    assert!(envelope.contains(&tenant.to_string()), "{envelope}");
-    assert!(envelope.contains("user-7"), "{envelope}");
-    assert!(envelope.contains("500 on /fail"), "{envelope}");
-    assert!(!envelope.contains("secret-bearer"), "{envelope}");
-    assert!(!envelope.contains("disk full"), "{envelope}");
+    let envelopes: Vec<String> = peer
+        .bodies()
+        .iter()
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .collect();
+    assert_eq!(envelopes.len(), 2, "{envelopes:?}");
+    let failure = envelopes
+        .iter()
+        .find(|e| e.contains("500 on /fail"))
+        .expect("the 5xx is reported");
+    assert!(failure.contains("rid-sentry"), "{failure}");
+    assert!(failure.contains(&tenant.to_string()), "{failure}");
+    assert!(failure.contains("user-7"), "{failure}");
+    let panic = envelopes
+        .iter()
+        .find(|e| e.contains("handler exploded"))
+        .expect("the panic is reported");
+    assert!(panic.contains("rid-panic"), "{panic}");
+    assert!(panic.contains(&tenant.to_string()), "{panic}");
+    for e in &envelopes {
+        assert!(!e.contains("secret-bearer") && !e.contains("secret-cookie"), "{e}");
+        assert!(!e.contains("disk full"), "{e}");
+        assert!(!e.contains("rid-404"), "{e}");
+    }
 
     // The redaction hook scrubs headers and cookies of events that carry a request.
     let mut event = sentry::protocol::Event::default();

@@ -1,0 +1,96 @@
+//! The test kit and the pool helpers against the real PostgreSQL.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly on purpose
+
+use saas_core::testkit::TestDb;
+use sqlx::Connection;
+
+async fn database_exists(name: &str) -> bool {
+    let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| saas_core::testkit::DEFAULT_DATABASE_URL.into());
+    let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(name)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_test_database_is_dropped_with_its_handle() {
+    let db = TestDb::new(&[]).await.unwrap();
+    let name = db.name().to_owned();
+    sqlx::query("SELECT 1").execute(db.app()).await.unwrap();
+    assert!(database_exists(&name).await);
+    drop(db);
+    assert!(!database_exists(&name).await);
+}
+
+#[tokio::test]
+async fn test_databases_are_independent() {
+    let (a, b) = (TestDb::new(&[]).await.unwrap(), TestDb::new(&[]).await.unwrap());
+    assert_ne!(a.name(), b.name());
+    sqlx::query("CREATE TABLE only_in_a (x int)")
+        .execute(a.owner())
+        .await
+        .unwrap();
+    let in_b: Option<String> = sqlx::query_scalar("SELECT to_regclass('only_in_a')::text")
+        .fetch_one(b.owner())
+        .await
+        .unwrap();
+    assert_eq!(in_b, None);
+}
+
+#[tokio::test]
+async fn the_application_role_cannot_create_or_read_what_it_was_not_granted() {
+    let db = TestDb::new(&[&saas_core::MIGRATOR]).await.unwrap();
+    sqlx::query("CREATE TABLE private_table (x int)")
+        .execute(db.owner())
+        .await
+        .unwrap();
+    let err = sqlx::query("SELECT * FROM private_table")
+        .execute(db.app())
+        .await
+        .unwrap_err();
+    assert_eq!(err.as_database_error().unwrap().code().as_deref(), Some("42501"));
+    let err = sqlx::query("CREATE TABLE saas.mine (x int)")
+        .execute(db.app())
+        .await
+        .unwrap_err();
+    assert_eq!(err.as_database_error().unwrap().code().as_deref(), Some("42501"));
+    // Migrations are the owner's, in the crate's own history table.
+    let err = sqlx::query("SELECT * FROM saas.core_migrations")
+        .execute(db.app())
+        .await
+        .unwrap_err();
+    assert_eq!(err.as_database_error().unwrap().code().as_deref(), Some("42501"));
+}
+
+#[tokio::test]
+async fn migrations_are_idempotent() {
+    let db = TestDb::new(&[&saas_core::MIGRATOR, &saas_core::MIGRATOR])
+        .await
+        .unwrap();
+    saas_core::MIGRATOR.run(db.owner()).await.unwrap();
+}
+
+#[cfg(feature = "prometheus")]
+#[tokio::test]
+async fn pool_gauges_and_acquire_waits_are_recorded() {
+    let recorder = saas_core::telemetry::prometheus::recorder().unwrap();
+    let handle = recorder.handle();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let db = TestDb::new(&[]).await.unwrap();
+    let pool = saas_core::db::pool_options()
+        .max_connections(4)
+        .connect_lazy_with(db.app_options());
+    let conn = saas_core::db::acquire(&pool, "app").await.unwrap();
+    saas_core::db::record_pool_gauges(&pool, "app");
+    drop(conn);
+    let text = handle.render();
+    assert!(text.contains(r#"db_pool_connections{pool="app"} 1"#), "{text}");
+    assert!(text.contains(r#"db_pool_max_connections{pool="app"} 4"#), "{text}");
+    assert!(
+        text.contains(r#"db_pool_acquire_seconds_count{pool="app"} 1"#),
+        "{text}"
+    );
+}
