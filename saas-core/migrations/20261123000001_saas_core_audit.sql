@@ -1,4 +1,4 @@
--- saas-core: the schema every saas-kit crate uses, the application group role, and the
+-- saas-core: the schema every saas-kit crate uses, the application and platform group roles, and the
 -- tenant-scoped, append-only, hash-chained audit log.
 
 CREATE SCHEMA IF NOT EXISTS saas;
@@ -13,19 +13,28 @@ BEGIN
 END
 $$;
 
-GRANT USAGE ON SCHEMA saas TO saas_app;
+-- Platform jobs log in as a role with BYPASSRLS that is a member of saas_platform.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'saas_platform') THEN
+        CREATE ROLE saas_platform NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE;
+    END IF;
+END
+$$;
+
+GRANT USAGE ON SCHEMA saas TO saas_app, saas_platform;
 
 -- The tenant of the current transaction, or NULL: every policy reads it this way, so the
 -- planner evaluates it once per statement and uses it as an index condition.
 CREATE FUNCTION saas.current_tenant_id() RETURNS uuid
     LANGUAGE sql STABLE PARALLEL SAFE
     AS $$ SELECT NULLIF(current_setting('app.tenant_id', true), '')::uuid $$;
-GRANT EXECUTE ON FUNCTION saas.current_tenant_id() TO saas_app;
+GRANT EXECUTE ON FUNCTION saas.current_tenant_id() TO saas_app, saas_platform;
 
 CREATE TABLE saas.audit_log (
     tenant_id   uuid        NOT NULL,
     seq         bigint      NOT NULL CHECK (seq > 0),
-    id          uuid        NOT NULL UNIQUE,
+    id          uuid        NOT NULL,
     occurred_at timestamptz NOT NULL,
     actor_type  text        NOT NULL CHECK (actor_type IN ('user', 'api_key', 'system', 'support')),
     actor_id    text        NOT NULL CHECK (length(actor_id) BETWEEN 1 AND 128),
@@ -38,7 +47,8 @@ CREATE TABLE saas.audit_log (
     metadata    jsonb       NOT NULL DEFAULT '{}'::jsonb,
     prev_hash   bytea       NOT NULL,
     hash        bytea       NOT NULL,
-    PRIMARY KEY (tenant_id, seq)
+    PRIMARY KEY (tenant_id, seq),
+    UNIQUE (tenant_id, id)
 );
 
 CREATE INDEX audit_log_tenant_time ON saas.audit_log (tenant_id, occurred_at);
@@ -52,7 +62,7 @@ CREATE POLICY tenant_isolation ON saas.audit_log
     WITH CHECK (tenant_id = (SELECT saas.current_tenant_id()));
 
 REVOKE ALL ON saas.audit_log FROM PUBLIC;
-GRANT SELECT, INSERT ON saas.audit_log TO saas_app;
+GRANT SELECT, INSERT ON saas.audit_log TO saas_app, saas_platform;
 
 -- Append-only, even for the owner: rows are never updated, and deleted only by the
 -- retention function, which marks its transaction.

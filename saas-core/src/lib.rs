@@ -5,6 +5,7 @@
 //! | module | what it gives you |
 //! |---|---|
 //! | [`id`] | UUIDv7 newtype ids ([`TenantId`], [`UserId`], …) and [`define_id!`] for your own |
+//! | [`principal`] | the authenticated caller, as every crate sees it |
 //! | [`clock`] | [`Clock`](clock::Clock), with a [`ManualClock`](clock::ManualClock) for tests that move time |
 //! | [`problem`] | RFC 9457 problem+json errors and [`IntoProblem`] |
 //! | [`request_id`], [`problem_layer`] | tower layers for request ids and problem bodies |
@@ -63,6 +64,7 @@ pub mod clock;
 pub mod crypto;
 pub mod db;
 pub mod id;
+pub mod principal;
 pub mod problem;
 pub mod problem_layer;
 pub mod request_id;
@@ -71,6 +73,7 @@ pub mod telemetry;
 pub mod testkit;
 
 pub use id::{ApiKeyId, AuditId, EventId, TenantId, UserId};
+pub use principal::{AuthMethod, Principal, SupportSessionId};
 pub use problem::{IntoProblem, Problem};
 
 /// The migrations of saas-core (schema `saas`, role `saas_app`, the audit log).

@@ -5,6 +5,7 @@
 //! creates a database owned by a non-superuser owner role, runs the given migrators as
 //! that owner, and hands out two pools:
 //! - [`TestDb::owner`]: the migration owner (owns the tables, still not superuser);
+//! - [`TestDb::platform`]: a platform role with `BYPASSRLS` for system work;
 //! - [`TestDb::app`]: the application role — `LOGIN NOSUPERUSER NOBYPASSRLS`, owns
 //!   nothing, member of `saas_app`. Isolation tests must use this one: a test that
 //!   passes only as superuser proves nothing.
@@ -38,6 +39,8 @@ pub const DEFAULT_DATABASE_URL: &str = "postgres://root@127.0.0.1:5432/postgres?
 pub const OWNER_ROLE: &str = "saas_test_owner";
 /// The application login role tests connect as.
 pub const APP_ROLE: &str = "saas_test_app";
+/// The platform login role (`BYPASSRLS`, member of `saas_platform`) for system work.
+pub const PLATFORM_ROLE: &str = "saas_test_platform";
 const ROLE_PASSWORD: &str = "saas_test";
 const DB_PREFIX: &str = "saas_test_";
 
@@ -62,6 +65,7 @@ pub struct TestDb {
     admin: PgConnectOptions,
     owner: PgPool,
     app: PgPool,
+    platform: PgPool,
     app_options: PgConnectOptions,
 }
 
@@ -94,14 +98,20 @@ async fn setup_cluster(admin: &PgConnectOptions) -> Result<(), TestDbError> {
                    EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END;
                    BEGIN CREATE ROLE {APP_ROLE} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEROLE NOCREATEDB INHERIT PASSWORD '{ROLE_PASSWORD}';
                    EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END;
+                   BEGIN CREATE ROLE saas_platform NOLOGIN NOSUPERUSER NOBYPASSRLS;
+                   EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END;
+                   BEGIN CREATE ROLE {PLATFORM_ROLE} LOGIN NOSUPERUSER BYPASSRLS NOCREATEROLE NOCREATEDB INHERIT PASSWORD '{ROLE_PASSWORD}';
+                   EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END;
                  END $$"
             );
             sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await?;
             // GRANT of a role already granted only warns.
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("GRANT saas_app TO {APP_ROLE}")))
-                .execute(&mut conn)
-                .await
-                .or_else(ignore_concurrent_update)?;
+            for grant in [format!("GRANT saas_app TO {APP_ROLE}"), format!("GRANT saas_platform TO {PLATFORM_ROLE}")] {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(grant))
+                    .execute(&mut conn)
+                    .await
+                    .or_else(ignore_concurrent_update)?;
+            }
             drop_stale(&mut conn).await?;
             conn.close().await?;
             Ok::<(), TestDbError>(())
@@ -158,7 +168,7 @@ impl TestDb {
         // Nobody but the two roles (and administrators) may connect.
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
             "REVOKE CONNECT ON DATABASE \"{name}\" FROM PUBLIC; \
-             GRANT CONNECT ON DATABASE \"{name}\" TO {OWNER_ROLE}, {APP_ROLE}"
+             GRANT CONNECT ON DATABASE \"{name}\" TO {OWNER_ROLE}, {APP_ROLE}, {PLATFORM_ROLE}"
         )))
         .execute(&mut conn)
         .await?;
@@ -170,6 +180,11 @@ impl TestDb {
             .username(OWNER_ROLE)
             .password(ROLE_PASSWORD);
         let app_options = admin.clone().database(&name).username(APP_ROLE).password(ROLE_PASSWORD);
+        let platform_options = admin
+            .clone()
+            .database(&name)
+            .username(PLATFORM_ROLE)
+            .password(ROLE_PASSWORD);
         let pool = |max| {
             PgPoolOptions::new()
                 .max_connections(max)
@@ -180,6 +195,7 @@ impl TestDb {
         let db = Self {
             owner: pool(3).connect_lazy_with(owner_options),
             app: pool(8).connect_lazy_with(app_options.clone()),
+            platform: pool(3).connect_lazy_with(platform_options),
             app_options,
             admin,
             name,
@@ -201,6 +217,11 @@ impl TestDb {
     /// A pool connected as the application role.
     pub fn app(&self) -> &PgPool {
         &self.app
+    }
+    /// A pool connected as the platform role: `BYPASSRLS`, for system jobs and audited
+    /// cross-tenant work. Never use it where the application role belongs.
+    pub fn platform(&self) -> &PgPool {
+        &self.platform
     }
     /// Connection options for the application role (for pools a test builds itself).
     pub fn app_options(&self) -> PgConnectOptions {

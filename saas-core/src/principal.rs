@@ -1,0 +1,94 @@
+//! Who is calling: the value authentication puts in the request extensions.
+//!
+//! `saas-authz` builds a [`Principal`] from a verified token or API key; tenancy,
+//! permissions and audit read it. It lives here so that every crate can name it.
+
+use std::sync::Arc;
+
+use crate::id::{ApiKeyId, UserId};
+
+crate::define_id!(
+    /// A support session: platform staff acting inside one tenant, time-boxed.
+    pub struct SupportSessionId("support_session");
+);
+
+/// How the caller authenticated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AuthMethod {
+    /// A token from the identity provider.
+    IdToken,
+    /// An API key of a tenant.
+    ApiKey(ApiKeyId),
+    /// Platform staff inside a support session.
+    SupportSession(SupportSessionId),
+}
+
+/// The authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Principal {
+    /// The user (for API keys: the key's owner; for support: the staff member).
+    pub user_id: UserId,
+    /// How the caller authenticated.
+    pub method: AuthMethod,
+    /// Whether multi-factor authentication was satisfied.
+    pub mfa: bool,
+    /// For API keys: the permissions the key is limited to.
+    pub scopes: Option<Arc<[String]>>,
+    /// The identity provider's organisation id, if the token carried one.
+    pub org_id: Option<String>,
+}
+
+impl Principal {
+    /// A user authenticated by the identity provider.
+    pub fn user(user_id: UserId) -> Self {
+        Self {
+            user_id,
+            method: AuthMethod::IdToken,
+            mfa: false,
+            scopes: None,
+            org_id: None,
+        }
+    }
+
+    /// Platform staff acting through a support session.
+    pub fn support(staff: UserId, session: SupportSessionId) -> Self {
+        Self {
+            method: AuthMethod::SupportSession(session),
+            ..Self::user(staff)
+        }
+    }
+
+    /// Sets whether MFA was satisfied.
+    pub fn with_mfa(mut self, mfa: bool) -> Self {
+        self.mfa = mfa;
+        self
+    }
+
+    /// Sets the identity provider's organisation id.
+    pub fn with_org(mut self, org: impl Into<String>) -> Self {
+        self.org_id = Some(org.into());
+        self
+    }
+
+    /// The support session, when the caller is staff acting through one.
+    pub fn support_session(&self) -> Option<SupportSessionId> {
+        match self.method {
+            AuthMethod::SupportSession(id) => Some(id),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(feature = "axum")]
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Principal {
+    type Rejection = crate::Problem;
+    async fn from_request_parts(parts: &mut http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Principal>()
+            .cloned()
+            .ok_or_else(crate::Problem::unauthenticated)
+    }
+}
