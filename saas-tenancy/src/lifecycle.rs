@@ -67,8 +67,11 @@ struct Transition {
     action: &'static str,
     audit: &'static str,
     from: &'static [TenantStatus],
-    to: TenantStatus,
-    suspended_reason: Option<String>,
+    /// The new status; `None`: back to what deletion interrupted (suspended if a
+    /// suspension reason is kept, else active).
+    to: Option<TenantStatus>,
+    /// The new suspension reason; `None` keeps the current one.
+    suspended_reason: Option<Option<String>>,
     purge_after: Option<DateTime<Utc>>,
 }
 
@@ -88,14 +91,20 @@ async fn transition(
             action: t.action,
         });
     }
+    let reason = t.suspended_reason.unwrap_or_else(|| before.suspended_reason.clone());
+    let to = t.to.unwrap_or(if reason.is_some() {
+        TenantStatus::Suspended
+    } else {
+        TenantStatus::Active
+    });
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
         "UPDATE saas.tenants SET status = $3, suspended_reason = $4, purge_after = $5, updated_at = $2 \
          WHERE id = $1 RETURNING {TENANT_COLUMNS}"
     )))
     .bind(id)
     .bind(now)
-    .bind(t.to.as_str())
-    .bind(t.suspended_reason)
+    .bind(to.as_str())
+    .bind(reason)
     .bind(t.purge_after)
     .fetch_one(&mut *tx)
     .await?;
@@ -136,8 +145,8 @@ pub async fn suspend(
         action: "suspended",
         audit: "tenant.suspended",
         from: &[TenantStatus::Active],
-        to: TenantStatus::Suspended,
-        suspended_reason: Some(reason.trim().chars().take(500).collect()),
+        to: Some(TenantStatus::Suspended),
+        suspended_reason: Some(Some(reason.trim().chars().take(500).collect())),
         purge_after: None,
     };
     transition(platform, id, t, actor, clock).await
@@ -154,8 +163,8 @@ pub async fn reactivate(
         action: "reactivated",
         audit: "tenant.reactivated",
         from: &[TenantStatus::Suspended],
-        to: TenantStatus::Active,
-        suspended_reason: None,
+        to: Some(TenantStatus::Active),
+        suspended_reason: Some(None),
         purge_after: None,
     };
     transition(platform, id, t, actor, clock).await
@@ -174,14 +183,15 @@ pub async fn request_deletion(
         action: "deleted",
         audit: "tenant.deletion_requested",
         from: &[TenantStatus::Active, TenantStatus::Suspended],
-        to: TenantStatus::PendingDeletion,
+        to: Some(TenantStatus::PendingDeletion),
         suspended_reason: None,
         purge_after: Some(clock.now() + delay.unwrap_or_else(|| Duration::days(DEFAULT_PURGE_DELAY_DAYS))),
     };
     transition(platform, id, t, actor, clock).await
 }
 
-/// Restores a tenant whose deletion is pending (audited as `tenant.restored`).
+/// Restores a tenant whose deletion is pending (audited as `tenant.restored`). A tenant
+/// that was suspended when deletion was requested comes back suspended.
 pub async fn restore(
     platform: &PlatformPool,
     id: TenantId,
@@ -192,7 +202,7 @@ pub async fn restore(
         action: "restored",
         audit: "tenant.restored",
         from: &[TenantStatus::PendingDeletion],
-        to: TenantStatus::Active,
+        to: None,
         suspended_reason: None,
         purge_after: None,
     };

@@ -299,6 +299,24 @@ async fn lifecycle_transitions_are_enforced_and_audited() {
         .unwrap();
     assert_eq!((r.status, r.purge_after), (TenantStatus::Active, None));
 
+    // Deleting and restoring a suspended tenant does not lift the suspension.
+    lifecycle::suspend(&platform, t.id, "chargeback", staff.clone(), &clock)
+        .await
+        .unwrap();
+    lifecycle::request_deletion(&platform, t.id, None, staff.clone(), &clock)
+        .await
+        .unwrap();
+    let r = lifecycle::restore(&platform, t.id, staff.clone(), &clock)
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status, r.suspended_reason.as_deref()),
+        (TenantStatus::Suspended, Some("chargeback"))
+    );
+    lifecycle::reactivate(&platform, t.id, staff.clone(), &clock)
+        .await
+        .unwrap();
+
     // The application role cannot change status behind the lifecycle's back.
     let mut tx = TenantTx::begin(db.app(), t.id).await.unwrap();
     let err = sqlx::query("UPDATE saas.tenants SET status = 'active'")
@@ -320,11 +338,15 @@ async fn lifecycle_transitions_are_enforced_and_audited() {
             "tenant.suspended",
             "tenant.reactivated",
             "tenant.deletion_requested",
-            "tenant.restored"
+            "tenant.restored",
+            "tenant.suspended",
+            "tenant.deletion_requested",
+            "tenant.restored",
+            "tenant.reactivated"
         ]
     );
-    assert_eq!(page.items[2].action, "tenant.reactivated");
-    assert_eq!(page.items[2].metadata["before"]["status"], "suspended");
+    assert_eq!(page.items[0].action, "tenant.reactivated");
+    assert_eq!(page.items[0].metadata["before"]["status"], "suspended");
     assert!(audit::verify_chain(&mut tx, t.id).await.unwrap().is_intact());
 }
 
