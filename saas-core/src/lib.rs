@@ -9,6 +9,7 @@
 //! | [`clock`] | [`Clock`](clock::Clock), with a [`ManualClock`](clock::ManualClock) for tests that move time |
 //! | [`problem`] | RFC 9457 problem+json errors and [`IntoProblem`] |
 //! | [`request_id`], [`problem_layer`] | tower layers for request ids and problem bodies |
+//! | [`ratelimit`] | GCRA rate limits per tenant, key, user or address; in memory or in Redis |
 //! | [`telemetry`] | JSON logs with request/trace/tenant/user ids, a per-request span, RED metrics, OTLP, Sentry |
 //! | [`audit`] | a tenant-scoped, append-only, hash-chained audit log |
 //! | [`crypto`] | field-level encryption with key rotation |
@@ -67,6 +68,7 @@ pub mod id;
 pub mod principal;
 pub mod problem;
 pub mod problem_layer;
+pub mod ratelimit;
 pub mod request_id;
 pub mod telemetry;
 #[cfg(feature = "testkit")]

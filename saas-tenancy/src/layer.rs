@@ -115,7 +115,8 @@ impl<R: TenantResolver, St: TenantStore> TenantLayerBuilder<R, St> {
 }
 
 /// Resolves the tenant, loads it, checks membership and lifecycle, then puts a
-/// [`TenantContext`] in the request extensions and records `tenant_id` in the request span.
+/// [`TenantContext`] (and the bare [`TenantId`]) in the request extensions and records
+/// `tenant_id` in the request span.
 ///
 /// | case | answer |
 /// |---|---|
@@ -305,6 +306,8 @@ where
                     if let Some(span) = parts.extensions.get::<RequestSpan>() {
                         span.record_tenant(ctx.id());
                     }
+                    // The bare id too, for layers that cannot name this crate (rate limits).
+                    parts.extensions.insert(ctx.id());
                     parts.extensions.insert(ctx);
                     inner.call(Request::from_parts(parts, body)).await
                 }
