@@ -43,7 +43,10 @@ fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
     let tenant = TenantId::new();
     let request = move || {
-        let mut r = Request::get("/v1/projects").header("x-request-id", "bench-1").body(()).unwrap();
+        let mut r = Request::get("/v1/projects")
+            .header("x-request-id", "bench-1")
+            .body(())
+            .unwrap();
         r.extensions_mut().insert(tenant);
         r
     };
@@ -68,8 +71,12 @@ fn bench(c: &mut Criterion) {
     let store = MemoryStore::new();
     case!(
         "rate_limit_memory",
-        RateLimitLayer::new(ratelimit::by_tenant(), Quota::per(u32::MAX, Duration::from_secs(1)), store.clone())
-            .layer(Noop)
+        RateLimitLayer::new(
+            ratelimit::by_tenant(),
+            Quota::per(u32::MAX, Duration::from_secs(1)),
+            store.clone()
+        )
+        .layer(Noop)
     );
     g.finish();
 }

@@ -13,6 +13,7 @@
 //! | [`telemetry`] | JSON logs with request/trace/tenant/user ids, a per-request span, RED metrics, OTLP, Sentry |
 //! | [`audit`] | a tenant-scoped, append-only, hash-chained audit log |
 //! | [`crypto`] | field-level encryption with key rotation |
+//! | [`defaults`] | catch-panic, API security headers, and body limit/timeout/CORS for axum |
 //! | [`db`] | pool defaults and pool metrics |
 //! | `testkit` (feature) | a fresh database per test, reached as a non-superuser application role |
 //!
@@ -64,6 +65,7 @@ pub mod audit;
 pub mod clock;
 pub mod crypto;
 pub mod db;
+pub mod defaults;
 pub mod id;
 pub mod principal;
 pub mod problem;

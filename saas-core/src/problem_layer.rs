@@ -3,8 +3,8 @@
 //! [`ProblemLayer`] goes inside [`RequestIdLayer`](crate::request_id::RequestIdLayer). On
 //! the way out it:
 //! - adds `request_id` to every [`Problem`] rendered by an inner layer or handler;
-//! - turns an error status with an empty body (an unmatched route, a bare
-//!   `StatusCode::FORBIDDEN`) into the matching problem;
+//! - turns an error status with an empty or plain-text body (an unmatched route, a bare
+//!   `StatusCode::FORBIDDEN`, a framework's rejection) into the matching problem;
 //! - replaces the body of any 5xx response that is not a problem (a plain-text error
 //!   that might carry internals) with an opaque internal problem.
 //!
@@ -126,6 +126,12 @@ fn is_problem_body(res: &Response<impl Body>) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(CONTENT_TYPE_PROBLEM.as_bytes()))
 }
 
+fn is_plain_text(res: &Response<impl Body>) -> bool {
+    res.headers()
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/plain"))
+}
+
 fn finish<B: Body + From<Bytes>>(res: Response<B>, request_id: Option<&RequestId>) -> Response<B> {
     let status = res.status();
     if !(status.is_client_error() || status.is_server_error()) {
@@ -138,7 +144,9 @@ fn finish<B: Body + From<Bytes>>(res: Response<B>, request_id: Option<&RequestId
         p.clone()
     } else if status.is_server_error() && !is_problem_body(&res) {
         Problem::new(status).with_internal("a 5xx response without a problem body was replaced")
-    } else if res.body().size_hint().exact() == Some(0) {
+    } else if res.body().size_hint().exact() == Some(0) || is_plain_text(&res) {
+        // Framework rejections (body too large, unparsable JSON, wrong method) come as
+        // plain text: answer them in the same problem format as everything else.
         Problem::new(status)
     } else {
         return res;
