@@ -83,3 +83,7 @@ $$;
 CREATE TRIGGER audit_log_append_only
     BEFORE UPDATE OR DELETE ON saas.audit_log
     FOR EACH ROW EXECUTE FUNCTION saas.audit_log_guard();
+
+-- Readiness checks, running as the application role, compare this history with the
+-- migrations the binary knows.
+GRANT SELECT ON saas.core_migrations TO saas_app, saas_platform;

@@ -14,6 +14,8 @@
 //! | [`audit`] | a tenant-scoped, append-only, hash-chained audit log |
 //! | [`crypto`] | field-level encryption with key rotation |
 //! | [`defaults`] | catch-panic, API security headers, and body limit/timeout/CORS for axum |
+//! | [`page`] | tamper-evident cursor pagination and a typed page |
+//! | [`health`] | liveness and readiness (database, migrations, start-up verdicts, worker heartbeats) |
 //! | [`db`] | pool defaults and pool metrics |
 //! | `testkit` (feature) | a fresh database per test, reached as a non-superuser application role |
 //!
@@ -66,7 +68,9 @@ pub mod clock;
 pub mod crypto;
 pub mod db;
 pub mod defaults;
+pub mod health;
 pub mod id;
+pub mod page;
 pub mod principal;
 pub mod problem;
 pub mod problem_layer;

@@ -77,3 +77,6 @@ CREATE TABLE saas.support_sessions (
 SELECT saas.enable_tenant_rls('saas.support_sessions');
 -- Only the platform opens and closes sessions; the tenant reads them.
 REVOKE INSERT, UPDATE, DELETE ON saas.support_sessions FROM saas_app;
+
+-- Readiness checks, running as the application role, read this history.
+GRANT SELECT ON saas.tenancy_migrations TO saas_app, saas_platform;

@@ -57,12 +57,23 @@ async fn the_application_role_cannot_create_or_read_what_it_was_not_granted() {
         .await
         .unwrap_err();
     assert_eq!(err.as_database_error().unwrap().code().as_deref(), Some("42501"));
-    // Migrations are the owner's, in the crate's own history table.
-    let err = sqlx::query("SELECT * FROM saas.core_migrations")
+    // Migrations are the owner's, in the crate's own history table: readable (for
+    // readiness), not writable.
+    sqlx::query("SELECT * FROM saas.core_migrations")
         .execute(db.app())
         .await
-        .unwrap_err();
-    assert_eq!(err.as_database_error().unwrap().code().as_deref(), Some("42501"));
+        .unwrap();
+    for sql in [
+        "DELETE FROM saas.core_migrations",
+        "UPDATE saas.core_migrations SET success = false",
+    ] {
+        let err = sqlx::query(sql).execute(db.app()).await.unwrap_err();
+        assert_eq!(
+            err.as_database_error().unwrap().code().as_deref(),
+            Some("42501"),
+            "{sql}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -93,4 +104,78 @@ async fn pool_gauges_and_acquire_waits_are_recorded() {
         text.contains(r#"db_pool_acquire_seconds_count{pool="app"} 1"#),
         "{text}"
     );
+}
+
+mod health {
+    use std::time::Duration;
+
+    use saas_core::health::{DatabaseCheck, Heartbeats, MigrationsCheck, Readiness, StartupCheck, liveness};
+    use saas_core::testkit::TestDb;
+
+    #[tokio::test]
+    async fn readiness_reports_each_check_and_answers_503_until_all_pass() {
+        let db = TestDb::new(&[&saas_core::MIGRATOR]).await.unwrap();
+        let isolation = StartupCheck::new();
+        let workers = Heartbeats::new(Duration::from_secs(60));
+        workers.beat("outbox");
+        let ready = Readiness::new()
+            .check("database", DatabaseCheck::new(db.app().clone()))
+            .check(
+                "migrations",
+                MigrationsCheck::new(db.app().clone(), vec![&saas_core::MIGRATOR]),
+            )
+            .check("isolation", isolation.clone())
+            .check("workers", workers.clone());
+        let (ok, report) = ready.report().await;
+        assert!(!ok);
+        assert_eq!(report["status"], "not_ready");
+        assert_eq!(report["checks"]["database"]["ok"], true);
+        assert_eq!(report["checks"]["migrations"]["ok"], true, "{report}");
+        assert_eq!(report["checks"]["isolation"]["detail"], "not run yet");
+        assert_eq!(report["checks"]["workers"]["ok"], true);
+        isolation.pass();
+        let res: http::Response<String> = ready.response().await;
+        assert_eq!(res.status(), 200);
+        let body: serde_json::Value = serde_json::from_str(res.body()).unwrap();
+        assert_eq!(body["status"], "ready");
+        let live: http::Response<String> = liveness();
+        assert_eq!(live.status(), 200);
+    }
+
+    #[tokio::test]
+    async fn pending_migrations_stale_workers_and_a_dead_database_fail() {
+        let db = TestDb::new(&[]).await.unwrap();
+        let (ok, report) = Readiness::new()
+            .check(
+                "migrations",
+                MigrationsCheck::new(db.owner().clone(), vec![&saas_core::MIGRATOR]),
+            )
+            .report()
+            .await;
+        assert!(!ok);
+        assert_eq!(
+            report["checks"]["migrations"]["detail"]["pending"][0]["version"],
+            20261123000001_i64
+        );
+
+        let workers = Heartbeats::new(Duration::ZERO);
+        workers.beat("outbox");
+        std::thread::sleep(Duration::from_millis(2));
+        let (ok, report) = Readiness::new().check("workers", workers.clone()).report().await;
+        assert!(!ok);
+        assert_eq!(report["checks"]["workers"]["detail"]["outbox"]["stale"], true);
+        workers.remove("outbox");
+        assert!(Readiness::new().check("workers", workers).report().await.0);
+
+        let dead = sqlx::postgres::PgPoolOptions::new()
+            .acquire_timeout(Duration::from_millis(300))
+            .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+            .unwrap();
+        let ready = Readiness::new()
+            .check("database", DatabaseCheck::new(dead))
+            .timeout(Duration::from_secs(1));
+        let res: http::Response<String> = ready.response().await;
+        assert_eq!(res.status(), 503);
+        assert!(!res.body().contains("127.0.0.1"), "{}", res.body());
+    }
 }
