@@ -16,6 +16,7 @@
 //! | [`defaults`] | catch-panic, API security headers, and body limit/timeout/CORS for axum |
 //! | [`page`] | tamper-evident cursor pagination and a typed page |
 //! | [`health`] | liveness and readiness (database, migrations, start-up verdicts, worker heartbeats) |
+//! | `validate` (feature `axum`) | `Valid<T>`: JSON that deserialised and validated, or a 400/422 problem |
 //! | [`db`] | pool defaults and pool metrics |
 //! | `testkit` (feature) | a fresh database per test, reached as a non-superuser application role |
 //!
@@ -79,6 +80,8 @@ pub mod request_id;
 pub mod telemetry;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+#[cfg(feature = "axum")]
+pub mod validate;
 
 pub use id::{ApiKeyId, AuditId, EventId, TenantId, UserId};
 pub use principal::{AuthMethod, Principal, SupportSessionId};

@@ -46,16 +46,38 @@ pub const TYPE_PREFIX: &str = "urn:saas-kit:problem:";
 const INTERNAL_DETAIL: &str = "The request could not be completed. Quote the request id if you contact support.";
 
 /// An RFC 9457 problem: the error body of every saas-kit HTTP response.
+///
+/// One pointer wide, so that `Result<T, Problem>` stays small on the happy path.
 #[derive(Clone, PartialEq)]
-pub struct Problem {
-    type_uri: Cow<'static, str>,
-    title: Cow<'static, str>,
-    status: StatusCode,
-    detail: Option<String>,
-    instance: Option<String>,
-    extensions: Map<String, Value>,
-    headers: HeaderMap,
-    internal: Option<String>,
+pub struct Problem(Box<inner::ProblemInner>);
+
+mod inner {
+    use super::*;
+
+    #[derive(Clone, PartialEq)]
+    pub struct ProblemInner {
+        pub(super) type_uri: Cow<'static, str>,
+        pub(super) title: Cow<'static, str>,
+        pub(super) status: StatusCode,
+        pub(super) detail: Option<String>,
+        pub(super) instance: Option<String>,
+        pub(super) extensions: Map<String, Value>,
+        pub(super) headers: HeaderMap,
+        pub(super) internal: Option<String>,
+    }
+}
+
+impl std::ops::Deref for Problem {
+    type Target = inner::ProblemInner;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Problem {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
 }
 
 /// A status given for a problem is not a client or server error (400–599).
@@ -128,7 +150,7 @@ impl Problem {
             return Err(ProblemError::NotAnErrorStatus(status));
         }
         let status = StatusCode::from_u16(status).map_err(|_| ProblemError::NotAnErrorStatus(status))?;
-        Ok(Self {
+        Ok(Self(Box::new(inner::ProblemInner {
             type_uri: Cow::Borrowed(slug_for(status)),
             title: Cow::Borrowed(status.canonical_reason().unwrap_or("Error")),
             status,
@@ -137,7 +159,7 @@ impl Problem {
             extensions: Map::new(),
             headers: HeaderMap::new(),
             internal: None,
-        })
+        })))
     }
 
     /// 400: the request is malformed.

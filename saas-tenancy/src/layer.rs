@@ -196,12 +196,12 @@ impl<S, R, St, M> std::fmt::Debug for TenantService<S, R, St, M> {
 
 enum Admission {
     Admit(TenantContext),
-    Reject(Box<Problem>),
+    Reject(Problem),
 }
 
 impl<R: TenantResolver, St: TenantStore, M: MembershipCheck> TenantLayer<R, St, M> {
     async fn admit(&self, parts: &Parts) -> Admission {
-        let reject = |p: Problem| Admission::Reject(Box::new(p));
+        let reject = Admission::Reject;
         let reference = match self.resolver.resolve(parts).await {
             Ok(Some(r)) => r,
             Ok(None) => {
