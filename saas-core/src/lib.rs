@@ -17,6 +17,7 @@
 //! | [`page`] | tamper-evident cursor pagination and a typed page |
 //! | [`health`] | liveness and readiness (database, migrations, start-up verdicts, worker heartbeats) |
 //! | `validate` (feature `axum`) | `Valid<T>`: JSON that deserialised and validated, or a 400/422 problem |
+//! | [`idempotency`] | `Idempotency-Key` replays stored per tenant in PostgreSQL |
 //! | [`db`] | pool defaults and pool metrics |
 //! | `testkit` (feature) | a fresh database per test, reached as a non-superuser application role |
 //!
@@ -71,6 +72,7 @@ pub mod db;
 pub mod defaults;
 pub mod health;
 pub mod id;
+pub mod idempotency;
 pub mod page;
 pub mod principal;
 pub mod problem;

@@ -80,3 +80,6 @@ REVOKE INSERT, UPDATE, DELETE ON saas.support_sessions FROM saas_app;
 
 -- Readiness checks, running as the application role, read this history.
 GRANT SELECT ON saas.tenancy_migrations TO saas_app, saas_platform;
+
+-- saas-core's stored idempotent responses belong to the tenant too (purged with it).
+INSERT INTO saas.tenant_tables (table_name) VALUES ('saas.idempotency_keys') ON CONFLICT DO NOTHING;
