@@ -18,6 +18,7 @@
 //! | [`health`] | liveness and readiness (database, migrations, start-up verdicts, worker heartbeats) |
 //! | `validate` (feature `axum`) | `Valid<T>`: JSON that deserialised and validated, or a 400/422 problem |
 //! | [`idempotency`] | `Idempotency-Key` replays stored per tenant in PostgreSQL |
+//! | `openapi` (feature) | utoipa components: the problem schema, rate-limit headers, shared error responses, pages |
 //! | [`db`] | pool defaults and pool metrics |
 //! | `testkit` (feature) | a fresh database per test, reached as a non-superuser application role |
 //!
@@ -73,6 +74,8 @@ pub mod defaults;
 pub mod health;
 pub mod id;
 pub mod idempotency;
+#[cfg(feature = "openapi")]
+pub mod openapi;
 pub mod page;
 pub mod principal;
 pub mod problem;
