@@ -18,6 +18,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use http::{Request, Response};
 use http_body_util::Full;
 use saas_core::TenantId;
+use saas_core::defaults::{CatchPanicLayer, SecurityHeadersLayer};
 use saas_core::problem_layer::ProblemLayer;
 use saas_core::ratelimit::{self, MemoryStore, Quota, RateLimitLayer};
 use saas_core::request_id::RequestIdLayer;
@@ -67,6 +68,8 @@ fn bench(c: &mut Criterion) {
     case!("request_id", RequestIdLayer::new().layer(Noop));
     case!("problem", ProblemLayer::new().layer(Noop));
     case!("trace", TraceLayer::new().layer(Noop));
+    case!("security_headers", SecurityHeadersLayer::new().layer(Noop));
+    case!("catch_panic", CatchPanicLayer::new().layer(Noop));
     // A quota no benchmark loop can exhaust: the allowed path, which every request takes.
     let store = MemoryStore::new();
     case!(

@@ -7,6 +7,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use http::{Request, Response};
+use metrics::{Label, SharedString};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 use tracing::Span;
@@ -20,13 +21,31 @@ use crate::request_id::RequestId;
 pub struct TraceId(pub [u8; 16]);
 
 impl TraceId {
-    /// A random trace id.
+    /// A random trace id (from a per-thread generator seeded by the OS: trace ids need
+    /// to be unique, not secret, and a system call per request is measurable).
     pub fn random() -> Self {
-        let mut b = [0u8; 16];
-        if getrandom::fill(&mut b).is_err() {
-            // Fall back to the time-ordered UUID generator, which never fails.
-            b = crate::id::new_v7().into_bytes();
+        thread_local! {
+            static STATE: std::cell::Cell<u64> = std::cell::Cell::new({
+                let mut seed = [0u8; 8];
+                if getrandom::fill(&mut seed).is_err() {
+                    seed.copy_from_slice(&crate::id::new_v7().as_bytes()[8..]);
+                }
+                u64::from_le_bytes(seed)
+            });
         }
+        // SplitMix64: two outputs per id.
+        let next = || {
+            STATE.with(|s| {
+                let mut z = s.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+                s.set(z);
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                z ^ (z >> 31)
+            })
+        };
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&next().to_le_bytes());
+        b[8..].copy_from_slice(&next().to_le_bytes());
         Self(b)
     }
 
@@ -161,14 +180,61 @@ pub struct TraceService<S> {
     log_headers: bool,
 }
 
-fn route_of<B>(req: &Request<B>) -> Option<String> {
+/// The route template as a metric label, interned so that a request costs no allocation.
+fn route_of<B>(req: &Request<B>) -> Option<SharedString> {
     #[cfg(feature = "axum")]
     if let Some(p) = req.extensions().get::<axum::extract::MatchedPath>() {
-        return Some(p.as_str().to_owned());
+        use std::collections::HashMap;
+        use std::sync::{Mutex, OnceLock, PoisonError};
+        static ROUTES: OnceLock<Mutex<HashMap<Box<str>, Arc<str>>>> = OnceLock::new();
+        let mut routes = ROUTES
+            .get_or_init(Mutex::default)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let arc = match routes.get(p.as_str()) {
+            Some(a) => a.clone(),
+            None => {
+                let a: Arc<str> = Arc::from(p.as_str());
+                routes.insert(p.as_str().into(), a.clone());
+                a
+            }
+        };
+        return Some(SharedString::from(arc));
     }
     let _ = req;
     None
 }
+
+fn method_label(m: &http::Method) -> SharedString {
+    let s = match *m {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::PATCH => "PATCH",
+        http::Method::DELETE => "DELETE",
+        http::Method::HEAD => "HEAD",
+        http::Method::OPTIONS => "OPTIONS",
+        _ => return SharedString::from(m.as_str().to_owned()),
+    };
+    SharedString::const_str(s)
+}
+
+fn status_label(code: u16) -> SharedString {
+    use std::sync::OnceLock;
+    // 500 short strings, made once, so that labels never allocate.
+    static CODES: OnceLock<Vec<&'static str>> = OnceLock::new();
+    let codes = CODES.get_or_init(|| {
+        (100u16..600)
+            .map(|c| &*Box::leak(c.to_string().into_boxed_str()))
+            .collect()
+    });
+    match codes.get(usize::from(code.saturating_sub(100))) {
+        Some(s) if (100..600).contains(&code) => SharedString::const_str(s),
+        _ => SharedString::from(code.to_string()),
+    }
+}
+
+const UNMATCHED: SharedString = SharedString::const_str("unmatched");
 
 impl<S, ReqB, ResB> Service<Request<ReqB>> for TraceService<S>
 where
@@ -197,7 +263,7 @@ where
             trace_id = Empty,
             method = %req.method(),
             path = %req.uri().path(),
-            route = route.as_deref().unwrap_or(""),
+            route = route.as_deref().map_or("", |r: &str| r),
             status = Empty,
             latency_ms = Empty,
             tenant_id = Empty,
@@ -241,7 +307,7 @@ struct Completion {
     request_id: RequestId,
     start: Instant,
     method: http::Method,
-    route: Option<String>,
+    route: Option<SharedString>,
 }
 
 impl Completion {
@@ -254,13 +320,11 @@ impl Completion {
         } else {
             tracing::info!("request cancelled before a response");
         }
-        let route = self.route.unwrap_or_else(|| "unmatched".to_owned());
-        metrics::counter!(
-            "http_requests_cancelled_total",
-            "method" => self.method.as_str().to_owned(),
-            "route" => route
-        )
-        .increment(1);
+        let labels = vec![
+            Label::new("method", method_label(&self.method)),
+            Label::new("route", self.route.unwrap_or(UNMATCHED)),
+        ];
+        metrics::counter!("http_requests_cancelled_total", labels).increment(1);
     }
 
     fn finish(self, status: Option<http::StatusCode>, error: Option<&dyn std::fmt::Display>) {
@@ -276,17 +340,18 @@ impl Completion {
             None if code >= 500 => tracing::warn!("request completed"),
             None => tracing::info!("request completed"),
         }
-        let route = self.route.unwrap_or_else(|| "unmatched".to_owned());
-        let method = self.method.as_str().to_owned();
-        let labels = [
-            ("method", method.clone()),
-            ("route", route.clone()),
-            ("status", code.to_string()),
+        let method = method_label(&self.method);
+        let route = self.route.unwrap_or(UNMATCHED);
+        let labels = vec![
+            Label::new("method", method.clone()),
+            Label::new("route", route.clone()),
+            Label::new("status", status_label(code)),
         ];
-        metrics::counter!("http_requests_total", &labels).increment(1);
-        metrics::histogram!("http_request_duration_seconds", &labels).record(elapsed.as_secs_f64());
+        metrics::counter!("http_requests_total", labels.clone()).increment(1);
+        metrics::histogram!("http_request_duration_seconds", labels).record(elapsed.as_secs_f64());
         if code >= 500 {
-            metrics::counter!("http_server_errors_total", "method" => method, "route" => route.clone()).increment(1);
+            let labels = vec![Label::new("method", method), Label::new("route", route.clone())];
+            metrics::counter!("http_server_errors_total", labels).increment(1);
             super::report_server_error(&self.handle, &self.request_id, &route, code);
         }
     }

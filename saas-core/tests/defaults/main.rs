@@ -133,3 +133,34 @@ async fn framework_rejections_become_problems() {
     assert_eq!(h["content-type"], "application/problem+json");
     assert_eq!(body["status"], 405);
 }
+
+#[tokio::test]
+async fn cors_answers_preflights_for_allowed_origins_only() {
+    use tower_http::cors::CorsLayer;
+    let cors = CorsLayer::new()
+        .allow_origin(http::HeaderValue::from_static("https://app.example.com"))
+        .allow_methods([http::Method::GET, http::Method::POST])
+        .allow_headers([http::header::CONTENT_TYPE, http::header::AUTHORIZATION]);
+    let app = SafeDefaults::new()
+        .cors(cors)
+        .apply(Router::new().route("/ok", get(|| async { "ok" })))
+        .layer(ProblemLayer::new());
+    let preflight = |origin: &'static str| {
+        Request::builder()
+            .method("OPTIONS")
+            .uri("/ok")
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .body(Body::empty())
+            .unwrap()
+    };
+    let (s, h, _, _) = send(&app, preflight("https://app.example.com")).await;
+    assert_eq!(s, 200);
+    assert_eq!(h["access-control-allow-origin"], "https://app.example.com");
+    // Another origin is never echoed back, so browsers refuse it.
+    let (_, h, _, _) = send(&app, preflight("https://evil.example")).await;
+    assert_ne!(
+        h.get("access-control-allow-origin").map(|v| v.to_str().unwrap()),
+        Some("https://evil.example")
+    );
+}
