@@ -2,7 +2,9 @@
 
 use std::time::{Duration, Instant};
 
-use sqlx::PgPool;
+use sqlx::{PgPool, Postgres, Transaction};
+
+use crate::id::TenantId;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgPoolOptions;
 
@@ -48,4 +50,18 @@ pub fn spawn_pool_metrics(pool: PgPool, name: &'static str, every: Duration) -> 
             record_pool_gauges(&pool, name);
         }
     })
+}
+
+/// The one simple-protocol message that begins a transaction scoped to `tenant`:
+/// `{begin}; SELECT set_config('app.tenant_id', '<uuid>', true)`. Safe to build by
+/// formatting, because a `TenantId` always displays as a hyphenated UUID.
+pub fn scoped_begin_statement(begin: &str, tenant: TenantId) -> String {
+    format!("{begin}; SELECT set_config('app.tenant_id', '{tenant}', true)")
+}
+
+/// Begins a transaction on `pool` in which row-level security shows only `tenant`'s rows,
+/// in one round trip. saas-tenancy's `TenantTx` wraps this for applications.
+pub async fn begin_scoped(pool: &PgPool, tenant: TenantId) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+    pool.begin_with(sqlx::AssertSqlSafe(scoped_begin_statement("BEGIN", tenant)))
+        .await
 }

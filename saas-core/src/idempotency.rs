@@ -132,12 +132,7 @@ enum Claim {
 
 impl IdempotencyLayer {
     async fn begin(&self, tenant: TenantId) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
-        // A `TenantId` displays as a hyphenated UUID, safe to inline.
-        self.pool
-            .begin_with(sqlx::AssertSqlSafe(format!(
-                "BEGIN; SELECT set_config('app.tenant_id', '{tenant}', true)"
-            )))
-            .await
+        crate::db::begin_scoped(&self.pool, tenant).await
     }
 
     async fn claim(&self, tenant: TenantId, key: &str, fingerprint: &[u8]) -> Result<Claim, sqlx::Error> {

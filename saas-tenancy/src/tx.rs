@@ -35,11 +35,7 @@ pub struct TenantTx {
     tenant: TenantId,
 }
 
-/// The statement that begins a tenant transaction. Safe to build by formatting: a
-/// `TenantId` always displays as a hyphenated UUID.
-fn begin_statement(begin: &str, tenant: TenantId) -> String {
-    format!("{begin}; SELECT set_config('app.tenant_id', '{tenant}', true)")
-}
+use saas_core::db::scoped_begin_statement as begin_statement;
 
 impl TenantTx {
     /// Takes a connection from `pool` and begins a transaction scoped to `tenant`.
