@@ -19,6 +19,7 @@
 //! | `validate` (feature `axum`) | `Valid<T>`: JSON that deserialised and validated, or a 400/422 problem |
 //! | [`idempotency`] | `Idempotency-Key` replays stored per tenant in PostgreSQL |
 //! | `openapi` (feature) | utoipa components: the problem schema, rate-limit headers, shared error responses, pages |
+//! | [`service`] | helpers shared by the middleware |
 //! | [`db`] | pool defaults and pool metrics |
 //! | `testkit` (feature) | a fresh database per test, reached as a non-superuser application role |
 //!
@@ -82,6 +83,7 @@ pub mod problem;
 pub mod problem_layer;
 pub mod ratelimit;
 pub mod request_id;
+pub mod service;
 pub mod telemetry;
 #[cfg(feature = "testkit")]
 pub mod testkit;

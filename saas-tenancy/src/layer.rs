@@ -1,7 +1,6 @@
 //! `TenantLayer`: resolve, load, check membership, enforce the lifecycle.
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -287,7 +286,7 @@ where
 {
     type Response = Response<ResB>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+    type Future = saas_core::service::BoxResponseFuture<Self::Response, Self::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -295,8 +294,7 @@ where
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         // The ready service goes with this request; a fresh clone waits for the next.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = saas_core::service::take_ready(&mut self.inner);
         let config = self.config.clone();
         Box::pin(async move {
             let (mut parts, body) = req.into_parts();
