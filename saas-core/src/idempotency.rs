@@ -138,9 +138,15 @@ impl IdempotencyLayer {
         let lease_until = now + chrono_of(self.lease);
         let expires_at = now + chrono_of(self.ttl);
         let mut tx = self.begin(tenant).await?;
-        let inserted = sqlx::query(
-            "INSERT INTO saas.idempotency_keys (tenant_id, key, fingerprint, state, lease_until, created_at, expires_at) \
-             VALUES ($1, $2, $3, 'in_flight', $4, $5, $6) ON CONFLICT (tenant_id, key) DO NOTHING",
+        // Insert the key, or take it over when it expired or its first attempt was
+        // abandoned (lease lapsed); a live key is left alone and read below.
+        let claimed = sqlx::query(
+            "INSERT INTO saas.idempotency_keys AS k (tenant_id, key, fingerprint, state, lease_until, created_at, expires_at) \
+             VALUES ($1, $2, $3, 'in_flight', $4, $5, $6) \
+             ON CONFLICT (tenant_id, key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, state = 'in_flight', \
+               lease_until = EXCLUDED.lease_until, status = NULL, headers = NULL, body = NULL, \
+               created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at \
+             WHERE k.expires_at <= $5 OR (k.state = 'in_flight' AND k.lease_until <= $5)",
         )
         .bind(tenant)
         .bind(key)
@@ -151,38 +157,18 @@ impl IdempotencyLayer {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        if inserted == 1 {
+        if claimed == 1 {
             tx.commit().await?;
             return Ok(Claim::Run);
         }
         let row = sqlx::query(
-            "SELECT fingerprint, state, lease_until, status, headers, body, expires_at \
-             FROM saas.idempotency_keys WHERE tenant_id = $1 AND key = $2 FOR UPDATE",
+            "SELECT fingerprint, state, status, headers, body \
+             FROM saas.idempotency_keys WHERE tenant_id = $1 AND key = $2",
         )
         .bind(tenant)
         .bind(key)
         .fetch_one(&mut *tx)
         .await?;
-        let expired = row.try_get::<chrono::DateTime<chrono::Utc>, _>("expires_at")? <= now;
-        let abandoned = row.try_get::<String, _>("state")? == "in_flight"
-            && row.try_get::<chrono::DateTime<chrono::Utc>, _>("lease_until")? <= now;
-        if expired || abandoned {
-            sqlx::query(
-                "UPDATE saas.idempotency_keys SET fingerprint = $3, state = 'in_flight', lease_until = $4, \
-                 status = NULL, headers = NULL, body = NULL, created_at = $5, expires_at = $6 \
-                 WHERE tenant_id = $1 AND key = $2",
-            )
-            .bind(tenant)
-            .bind(key)
-            .bind(fingerprint)
-            .bind(lease_until)
-            .bind(now)
-            .bind(expires_at)
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            return Ok(Claim::Run);
-        }
         tx.commit().await?;
         if row.try_get::<Vec<u8>, _>("fingerprint")? != fingerprint {
             return Ok(Claim::Refuse(

@@ -229,3 +229,23 @@ async fn server_errors_are_not_stored_and_bad_keys_are_refused() {
     assert_eq!(bad.0, 400);
     assert!(bad.2.contains("invalid-idempotency-key"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_first_attempt_is_taken_over_after_its_lease() {
+    let s = setup().await;
+    let t = TenantId::new();
+    let app = s.app.clone();
+    let first = tokio::spawn(async move { send(&app, "POST", "/slow", t, Some("k-lease"), "").await });
+    s.counter.1.started.notified().await;
+    // Within the lease (60 s) a retry is refused; past it, the retry runs the operation.
+    assert_eq!(send(&s.app, "POST", "/slow", t, Some("k-lease"), "").await.0, 409);
+    s.clock.advance(chrono::Duration::seconds(61));
+    let app = s.app.clone();
+    let retry = tokio::spawn(async move { send(&app, "POST", "/slow", t, Some("k-lease"), "").await });
+    s.counter.1.started.notified().await;
+    s.counter.1.release.notify_one();
+    s.counter.1.release.notify_one();
+    assert_eq!(first.await.unwrap().0, 200);
+    assert_eq!(retry.await.unwrap().0, 200);
+    assert_eq!(s.counter.0.load(Ordering::SeqCst), 2);
+}
