@@ -47,6 +47,18 @@ pub enum Actor {
     Support(UserId),
 }
 
+impl From<&crate::Principal> for Actor {
+    /// The actor an audit record names for a request's principal: the API key, the
+    /// support staff member, or the user.
+    fn from(p: &crate::Principal) -> Self {
+        match p.method {
+            crate::AuthMethod::ApiKey(key) => Actor::ApiKey(key),
+            crate::AuthMethod::SupportSession(_) => Actor::Support(p.user_id),
+            _ => Actor::User(p.user_id),
+        }
+    }
+}
+
 impl Actor {
     fn parts(&self) -> (&'static str, String) {
         match self {

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use crate::id::{ApiKeyId, UserId};
+use crate::id::{ApiKeyId, TenantId, UserId};
 
 crate::define_id!(
     /// A support session: platform staff acting inside one tenant, time-boxed.
@@ -38,6 +38,9 @@ pub struct Principal {
     pub scopes: Option<Arc<[String]>>,
     /// The identity provider's organisation id, if the token carried one.
     pub org_id: Option<String>,
+    /// The one tenant this credential may act in (API keys belong to a tenant). The
+    /// tenant layer answers 404 when such a principal names any other tenant.
+    pub tenant_id: Option<TenantId>,
 }
 
 impl Principal {
@@ -49,6 +52,17 @@ impl Principal {
             mfa: false,
             scopes: None,
             org_id: None,
+            tenant_id: None,
+        }
+    }
+
+    /// A tenant's API key, acting for `owner` (who created it), limited to `scopes`.
+    pub fn api_key(owner: UserId, key: ApiKeyId, tenant: TenantId, scopes: Arc<[String]>) -> Self {
+        Self {
+            method: AuthMethod::ApiKey(key),
+            scopes: Some(scopes),
+            tenant_id: Some(tenant),
+            ..Self::user(owner)
         }
     }
 
@@ -70,6 +84,20 @@ impl Principal {
     pub fn with_org(mut self, org: impl Into<String>) -> Self {
         self.org_id = Some(org.into());
         self
+    }
+
+    /// The API key, when the caller authenticated with one.
+    pub fn api_key_id(&self) -> Option<ApiKeyId> {
+        match self.method {
+            AuthMethod::ApiKey(id) => Some(id),
+            _ => None,
+        }
+    }
+
+    /// Whether this principal may act in `tenant` at all (its credential is not bound to
+    /// another tenant). Membership is a separate question.
+    pub fn may_act_in(&self, tenant: TenantId) -> bool {
+        self.tenant_id.is_none_or(|bound| bound == tenant)
     }
 
     /// The support session, when the caller is staff acting through one.

@@ -43,23 +43,47 @@ impl TenantContext {
 #[error("membership check failed: {0}")]
 pub struct MembershipError(pub String);
 
+/// What a [`MembershipCheck`] decided.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum MembershipVerdict {
+    /// A member: admit.
+    Member,
+    /// Not a member: 404 `tenant-not-found`, the same answer as an unknown tenant.
+    NotMember,
+    /// A member who may not enter as they are (for example: the tenant requires MFA and the
+    /// principal has not used it). Answered with this problem; the tenant's existence is
+    /// not a secret from its own members.
+    Refused(Problem),
+}
+
+impl From<bool> for MembershipVerdict {
+    fn from(member: bool) -> Self {
+        if member {
+            MembershipVerdict::Member
+        } else {
+            MembershipVerdict::NotMember
+        }
+    }
+}
+
 /// Whether a principal belongs to a tenant. Implemented by saas-authz's memberships, and
-/// for closures `Fn(TenantId, &Principal) -> Result<bool, MembershipError>`.
+/// by any closure `Fn(TenantId, &Principal) -> Result<bool, MembershipError>`.
 pub trait MembershipCheck: Clone + Send + Sync + 'static {
-    /// Whether `principal` is a member of `tenant`.
+    /// Whether `principal` is a member of `tenant`, and may enter.
     fn is_member(
         &self,
         tenant: TenantId,
         principal: &Principal,
-    ) -> impl Future<Output = Result<bool, MembershipError>> + Send;
+    ) -> impl Future<Output = Result<MembershipVerdict, MembershipError>> + Send;
 }
 
 impl<F> MembershipCheck for F
 where
     F: Fn(TenantId, &Principal) -> Result<bool, MembershipError> + Clone + Send + Sync + 'static,
 {
-    async fn is_member(&self, tenant: TenantId, principal: &Principal) -> Result<bool, MembershipError> {
-        self(tenant, principal)
+    async fn is_member(&self, tenant: TenantId, principal: &Principal) -> Result<MembershipVerdict, MembershipError> {
+        self(tenant, principal).map(MembershipVerdict::from)
     }
 }
 
@@ -70,8 +94,8 @@ where
 pub struct AllowAnyMember;
 
 impl MembershipCheck for AllowAnyMember {
-    async fn is_member(&self, _: TenantId, _: &Principal) -> Result<bool, MembershipError> {
-        Ok(true)
+    async fn is_member(&self, _: TenantId, _: &Principal) -> Result<MembershipVerdict, MembershipError> {
+        Ok(MembershipVerdict::Member)
     }
 }
 
@@ -122,7 +146,8 @@ impl<R: TenantResolver, St: TenantStore> TenantLayerBuilder<R, St> {
 /// | no tenant named | 400 `tenant-required` |
 /// | two sources disagree ([`agree`](TenantResolver::agree)) | 400 `tenant-conflict` |
 /// | membership required, no principal | 401 |
-/// | unknown, malformed, not a member, deleted | 404 `tenant-not-found` (one body for all) |
+/// | unknown, malformed, not a member, deleted, credential bound to another tenant | 404 `tenant-not-found` (one body for all) |
+/// | member refused by the check (e.g. MFA required) | the check's problem |
 /// | suspended | 423 `tenant-suspended`, except on paths allowed while suspended |
 /// | support session expired, closed or read-only for a write | 403 `support-session-denied` |
 #[derive(Clone)]
@@ -224,6 +249,11 @@ impl<R: TenantResolver, St: TenantStore, M: MembershipCheck> TenantLayer<R, St, 
         if matches!(tenant.status, TenantStatus::PendingDeletion | TenantStatus::Purged) {
             return reject(tenant_not_found());
         }
+        // A credential bound to one tenant (an API key) never opens another, whatever the
+        // membership check would say: same answer as an unknown tenant, no oracle.
+        if principal.is_some_and(|p| !p.may_act_in(tenant.id)) {
+            return reject(tenant_not_found());
+        }
         let mut support_session = None;
         if self.require_principal
             && let Some(principal) = principal
@@ -249,8 +279,9 @@ impl<R: TenantResolver, St: TenantStore, M: MembershipCheck> TenantLayer<R, St, 
                 }
             } else {
                 match self.membership.is_member(tenant.id, principal).await {
-                    Ok(true) => {}
-                    Ok(false) => return reject(tenant_not_found()),
+                    Ok(MembershipVerdict::Member) => {}
+                    Ok(MembershipVerdict::NotMember) => return reject(tenant_not_found()),
+                    Ok(MembershipVerdict::Refused(problem)) => return reject(problem),
                     Err(e) => return reject(Problem::unavailable().with_internal(e)),
                 }
             }

@@ -75,7 +75,7 @@ mod verify;
 
 pub use error::TenancyError;
 pub use layer::{
-    AllowAnyMember, MembershipCheck, MembershipError, TenantContext, TenantLayer, TenantLayerBuilder, TenantService,
+    AllowAnyMember, MembershipCheck, MembershipError, MembershipVerdict, TenantContext, TenantLayer, TenantLayerBuilder, TenantService,
     tenant_not_found,
 };
 pub use pool::{pool, pool_options};
