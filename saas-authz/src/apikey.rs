@@ -7,6 +7,7 @@
 //! reach every process within about a second once [`ApiKeys::listen`] runs.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -108,6 +109,8 @@ fn key_from(row: &sqlx::postgres::PgRow) -> Result<ApiKey, sqlx::Error> {
     })
 }
 
+const USAGE_EVERY_SECS: i64 = 60;
+
 /// Whether `s` is a permission name: `resource:action` or `resource:*`, lower-case.
 pub fn is_permission_name(s: &str) -> bool {
     let segment = |seg: &str| {
@@ -128,16 +131,16 @@ struct Verified {
     scopes: Arc<[String]>,
     expires_at: Option<DateTime<Utc>>,
     revoked: bool,
+    /// When this process last queued the key's use (seconds since the epoch).
+    marked_at: AtomicI64,
 }
 
 struct Inner {
     pool: PgPool,
     prefix: String,
     cache: Cache<Uuid, Arc<Verified>>,
-    /// Keys used since the last flush: id → (tenant, when).
+    /// Keys used since the last flush (each at most once a minute): id → (tenant, when).
     used: Mutex<HashMap<ApiKeyId, (TenantId, DateTime<Utc>)>>,
-    /// When each key's use was last written, to write at most once a minute per key.
-    written: Cache<ApiKeyId, ()>,
     clock: Arc<dyn Clock>,
 }
 
@@ -167,10 +170,6 @@ impl ApiKeys {
                     .time_to_live(Duration::from_secs(60))
                     .build(),
                 used: Mutex::new(HashMap::new()),
-                written: Cache::builder()
-                    .max_capacity(100_000)
-                    .time_to_live(Duration::from_secs(60))
-                    .build(),
                 clock: Arc::new(SystemClock),
             }),
         }
@@ -206,13 +205,21 @@ impl ApiKeys {
     }
 
     /// Creates a key in the transaction's tenant. The actor needs the admin or owner role.
-    pub async fn create(&self, tx: &mut TenantTx, actor: &Principal, new: NewApiKey) -> Result<IssuedApiKey, ApiKeyError> {
+    pub async fn create(
+        &self,
+        tx: &mut TenantTx,
+        actor: &Principal,
+        new: NewApiKey,
+    ) -> Result<IssuedApiKey, ApiKeyError> {
         let name = new.name.trim();
         if name.is_empty() || name.chars().count() > 100 {
             return Err(ApiKeyError::InvalidName);
         }
         if new.scopes.len() > 64 {
-            return Err(ApiKeyError::InvalidScope(format!("{} scopes (at most 64)", new.scopes.len())));
+            return Err(ApiKeyError::InvalidScope(format!(
+                "{} scopes (at most 64)",
+                new.scopes.len()
+            )));
         }
         if let Some(bad) = new.scopes.iter().find(|s| !is_permission_name(s)) {
             return Err(ApiKeyError::InvalidScope(bad.clone()));
@@ -324,12 +331,25 @@ impl ApiKeys {
             return Err(AuthError::ApiKeyExpired);
         }
         let id = ApiKeyId::from_uuid(token.id);
-        if self.inner.written.get(&id).is_none()
+        // Queue the use for `last_used_at` at most once a minute per key: one atomic load
+        // on the usual path, no write per request.
+        let secs = now.timestamp();
+        let marked = verified.marked_at.load(Ordering::Relaxed);
+        if secs.saturating_sub(marked) >= USAGE_EVERY_SECS
+            && verified
+                .marked_at
+                .compare_exchange(marked, secs, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
             && let Ok(mut used) = self.inner.used.lock()
         {
             used.insert(id, (tenant, now));
         }
-        Ok(Principal::api_key(verified.created_by, id, tenant, verified.scopes.clone()))
+        Ok(Principal::api_key(
+            verified.created_by,
+            id,
+            tenant,
+            verified.scopes.clone(),
+        ))
     }
 
     async fn load(&self, tenant: TenantId, id: Uuid) -> Result<Option<Verified>, AuthError> {
@@ -358,6 +378,7 @@ impl ApiKeys {
             scopes: scopes.into(),
             expires_at: row.try_get("expires_at")?,
             revoked: row.try_get("revoked")?,
+            marked_at: AtomicI64::new(i64::MIN),
         }))
     }
 
@@ -390,9 +411,6 @@ impl ApiKeys {
             .await?;
             tx.commit().await?;
             n += usize::try_from(done.rows_affected()).unwrap_or(usize::MAX);
-            for id in ids {
-                self.inner.written.insert(id, ());
-            }
         }
         Ok(n)
     }
@@ -446,7 +464,15 @@ mod tests {
         for ok in ["project:read", "project:*", "billing:manage", "a1:b-c_d"] {
             assert!(is_permission_name(ok), "{ok}");
         }
-        for bad in ["project", ":read", "project:", "Project:read", "project:read:x", "*:*", "p:r w"] {
+        for bad in [
+            "project",
+            ":read",
+            "project:",
+            "Project:read",
+            "project:read:x",
+            "*:*",
+            "p:r w",
+        ] {
             assert!(!is_permission_name(bad), "{bad}");
         }
     }

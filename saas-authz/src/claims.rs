@@ -136,6 +136,32 @@ pub struct Identity {
     pub expires_at: i64,
 }
 
+impl Identity {
+    /// An identity with only an issuer, a subject and an expiry (for provisioning users
+    /// from another source, and for tests).
+    pub fn new(issuer: impl Into<String>, subject: impl Into<String>, expires_at: i64) -> Self {
+        Self {
+            issuer: issuer.into(),
+            subject: subject.into(),
+            email: None,
+            email_verified: false,
+            name: None,
+            mfa: false,
+            org_id: None,
+            org_role: None,
+            session_id: None,
+            expires_at,
+        }
+    }
+
+    /// Sets the email address (lower-cased) and whether it was verified.
+    pub fn with_email(mut self, email: &str, verified: bool) -> Self {
+        self.email = Some(email.to_lowercase());
+        self.email_verified = verified;
+        self
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -148,7 +174,8 @@ mod tests {
 
     #[test]
     fn oidc_reads_amr() {
-        let c = claims(json!({"iss":"i","sub":"u1","exp":5,"email":"A@B.io","email_verified":true,"amr":["pwd","otp"]}));
+        let c =
+            claims(json!({"iss":"i","sub":"u1","exp":5,"email":"A@B.io","email_verified":true,"amr":["pwd","otp"]}));
         let id = ClaimPreset::Oidc.identity(&c).unwrap();
         assert!(id.mfa && id.email_verified);
         assert_eq!(id.email.as_deref(), Some("a@b.io"));
@@ -168,7 +195,9 @@ mod tests {
 
     #[test]
     fn clerk_fva_and_org() {
-        let c = claims(json!({"iss":"i","sub":"user_1","exp":5,"sid":"sess_1","fva":[3,-1],"o":{"id":"org_1","rol":"admin"}}));
+        let c = claims(
+            json!({"iss":"i","sub":"user_1","exp":5,"sid":"sess_1","fva":[3,-1],"o":{"id":"org_1","rol":"admin"}}),
+        );
         let id = ClaimPreset::Clerk.identity(&c).unwrap();
         assert!(!id.mfa);
         assert_eq!(id.org_role.as_deref(), Some("admin"));
@@ -180,6 +209,9 @@ mod tests {
     #[test]
     fn missing_sub_is_an_error() {
         let c = claims(json!({"iss":"i","exp":5}));
-        assert!(matches!(ClaimPreset::Oidc.identity(&c), Err(AuthError::MissingClaim("sub"))));
+        assert!(matches!(
+            ClaimPreset::Oidc.identity(&c),
+            Err(AuthError::MissingClaim("sub"))
+        ));
     }
 }

@@ -77,9 +77,9 @@ impl AuthError {
 impl IntoProblem for AuthError {
     fn to_problem(&self) -> Problem {
         match self {
-            AuthError::IdentityProvider(_) | AuthError::Database(_) => Problem::unavailable()
-                .with_type(self.slug())
-                .with_internal(self),
+            AuthError::IdentityProvider(_) | AuthError::Database(_) => {
+                Problem::unavailable().with_type(self.slug()).with_internal(self)
+            }
             AuthError::Missing => Problem::unauthenticated()
                 .with_type(self.slug())
                 .with_detail("This endpoint needs a bearer token or an API key.")
@@ -282,12 +282,16 @@ pub enum InvitationError {
 impl IntoProblem for InvitationError {
     fn to_problem(&self) -> Problem {
         match self {
-            InvitationError::InvalidEmail(_) => Problem::unprocessable(self.to_string()).with_type("invalid-invitation"),
-            InvitationError::MalformedToken | InvitationError::NotFound => {
-                Problem::not_found().with_type("invitation-not-found").with_detail(self.to_string())
+            InvitationError::InvalidEmail(_) => {
+                Problem::unprocessable(self.to_string()).with_type("invalid-invitation")
             }
+            InvitationError::MalformedToken | InvitationError::NotFound => Problem::not_found()
+                .with_type("invitation-not-found")
+                .with_detail(self.to_string()),
             InvitationError::Expired | InvitationError::AlreadyAccepted | InvitationError::Revoked => {
-                Problem::new(StatusCode::GONE).with_type("invitation-unusable").with_detail(self.to_string())
+                Problem::new(StatusCode::GONE)
+                    .with_type("invitation-unusable")
+                    .with_detail(self.to_string())
             }
             InvitationError::WrongEmail => Problem::forbidden(self.to_string()).with_type("invitation-wrong-email"),
             InvitationError::AlreadyInvited(_) => Problem::conflict(self.to_string()).with_type("already-invited"),

@@ -16,7 +16,6 @@ use saas_tenancy::TenantTx;
 use serde_json::json;
 use sqlx::{PgConnection, Row};
 
-
 use crate::error::{InvitationError, MailerError, MemberError};
 use crate::membership::{Member, Memberships, acting_rank};
 use crate::role::{self, MANAGER_RANK};
@@ -84,7 +83,11 @@ pub trait InvitationMailer: Send + Sync + 'static {
 /// How many seats a tenant's plan has. saas-billing implements it from entitlements.
 pub trait SeatLimit: Send + Sync + 'static {
     /// The number of seats (members plus pending invitations), `None` for unlimited.
-    fn seats(&self, conn: &mut PgConnection, tenant: TenantId) -> impl Future<Output = Result<Option<u32>, String>> + Send;
+    fn seats(
+        &self,
+        conn: &mut PgConnection,
+        tenant: TenantId,
+    ) -> impl Future<Output = Result<Option<u32>, String>> + Send;
 }
 
 /// No seat limit.
@@ -141,7 +144,9 @@ pub struct Invitations<M, L = Unlimited> {
 
 impl<M, L> std::fmt::Debug for Invitations<M, L> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Invitations").field("ttl", &self.ttl).finish_non_exhaustive()
+        f.debug_struct("Invitations")
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
     }
 }
 
@@ -177,7 +182,11 @@ pub fn normalise_email(email: &str) -> Result<String, InvitationError> {
                 && !domain.starts_with('.')
                 && !domain.ends_with('.')
         });
-    if ok { Ok(e) } else { Err(InvitationError::InvalidEmail(email.to_owned())) }
+    if ok {
+        Ok(e)
+    } else {
+        Err(InvitationError::InvalidEmail(email.to_owned()))
+    }
 }
 
 impl<M: InvitationMailer> Invitations<M, Unlimited> {
@@ -296,7 +305,12 @@ impl<M: InvitationMailer, L: SeatLimit> Invitations<M, L> {
 
     /// Sends a pending invitation again with a new link (the old one stops working) and
     /// a fresh expiry.
-    pub async fn resend(&self, tx: &mut TenantTx, actor: &Principal, id: InvitationId) -> Result<Invitation, InvitationError> {
+    pub async fn resend(
+        &self,
+        tx: &mut TenantTx,
+        actor: &Principal,
+        id: InvitationId,
+    ) -> Result<Invitation, InvitationError> {
         if acting_rank(tx, actor).await? < MANAGER_RANK {
             return Err(MemberError::Forbidden.into());
         }
@@ -328,7 +342,12 @@ impl<M: InvitationMailer, L: SeatLimit> Invitations<M, L> {
     }
 
     /// Revokes a pending invitation.
-    pub async fn revoke(&self, tx: &mut TenantTx, actor: &Principal, id: InvitationId) -> Result<Invitation, InvitationError> {
+    pub async fn revoke(
+        &self,
+        tx: &mut TenantTx,
+        actor: &Principal,
+        id: InvitationId,
+    ) -> Result<Invitation, InvitationError> {
         if acting_rank(tx, actor).await? < MANAGER_RANK {
             return Err(MemberError::Forbidden.into());
         }
@@ -408,7 +427,8 @@ impl<M: InvitationMailer, L: SeatLimit> Invitations<M, L> {
         let settings = Memberships::settings(tx).await?;
         if !settings.invitations_any_email {
             let user = Users::get(tx, principal.user_id).await?;
-            let matches = user.is_some_and(|u| u.email_verified && u.email.as_deref() == Some(invitation.email.as_str()));
+            let matches =
+                user.is_some_and(|u| u.email_verified && u.email.as_deref() == Some(invitation.email.as_str()));
             if !matches {
                 return Err(InvitationError::WrongEmail);
             }
@@ -434,7 +454,9 @@ impl<M: InvitationMailer, L: SeatLimit> Invitations<M, L> {
             .await?;
         let record = AuditRecord::new(tenant, Actor::from(principal), "invitation.accepted")?
             .target("invitation", invitation.id)
-            .metadata(json!({ "before": { "accepted_at": null }, "after": { "accepted_at": now, "role": invitation.role } }))
+            .metadata(
+                json!({ "before": { "accepted_at": null }, "after": { "accepted_at": now, "role": invitation.role } }),
+            )
             .at(now);
         audit::record(tx, &record).await?;
         Ok(member)
@@ -460,12 +482,7 @@ impl<M: InvitationMailer, L: SeatLimit> Invitations<M, L> {
     /// Members plus pending invitations, plus `adding`, must fit the plan's seats.
     async fn check_seats(&self, tx: &mut TenantTx, now: DateTime<Utc>, adding: i64) -> Result<(), InvitationError> {
         let tenant = tx.tenant();
-        let Some(limit) = self
-            .seats
-            .seats(tx, tenant)
-            .await
-            .map_err(InvitationError::SeatCheck)?
-        else {
+        let Some(limit) = self.seats.seats(tx, tenant).await.map_err(InvitationError::SeatCheck)? else {
             return Ok(());
         };
         let used: i64 = sqlx::query_scalar(
@@ -484,11 +501,13 @@ impl<M: InvitationMailer, L: SeatLimit> Invitations<M, L> {
     }
 
     async fn why_unusable(&self, tx: &mut TenantTx, id: InvitationId) -> Result<InvitationError, InvitationError> {
-        let row = sqlx::query("SELECT accepted_at IS NOT NULL AS accepted FROM saas.invitations WHERE tenant_id = $1 AND id = $2")
-            .bind(tx.tenant())
-            .bind(id)
-            .fetch_optional(&mut **tx)
-            .await?;
+        let row = sqlx::query(
+            "SELECT accepted_at IS NOT NULL AS accepted FROM saas.invitations WHERE tenant_id = $1 AND id = $2",
+        )
+        .bind(tx.tenant())
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?;
         Ok(match row {
             None => InvitationError::NotFound,
             Some(r) if r.try_get::<bool, _>("accepted")? => InvitationError::AlreadyAccepted,
@@ -540,7 +559,9 @@ mod tests {
     #[test]
     fn emails() {
         assert_eq!(normalise_email(" Ann@Example.COM ").unwrap(), "ann@example.com");
-        for bad in ["", "ann", "ann@", "@x.io", "a b@x.io", "a@x", "a@@x.io", "a@.x.io", "a@x.io."] {
+        for bad in [
+            "", "ann", "ann@", "@x.io", "a b@x.io", "a@x", "a@@x.io", "a@.x.io", "a@x.io.",
+        ] {
             assert!(normalise_email(bad).is_err(), "{bad}");
         }
     }

@@ -445,7 +445,9 @@ fn map_error(e: jsonwebtoken::errors::Error) -> AuthError {
             _ => "sub",
         }),
         ErrorKind::InvalidClaimFormat(_) => AuthError::Malformed("a registered claim has the wrong type"),
-        ErrorKind::InvalidEcdsaKey | ErrorKind::InvalidEddsaKey | ErrorKind::InvalidRsaKey(_) => AuthError::BadSignature,
+        ErrorKind::InvalidEcdsaKey | ErrorKind::InvalidEddsaKey | ErrorKind::InvalidRsaKey(_) => {
+            AuthError::BadSignature
+        }
         _ => AuthError::Malformed("not a valid JSON Web Token"),
     }
 }

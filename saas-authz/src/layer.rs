@@ -16,12 +16,14 @@ use tower::{Layer, Service};
 use crate::error::AuthError;
 use crate::jwt::{MAX_TOKEN_LEN, Oidc};
 use crate::membership::mfa_required;
-use crate::secret::sha256;
 use crate::users::Users;
 use crate::{ApiKeys, Identity};
+use std::hash::BuildHasher;
 
 #[derive(Debug)]
 struct Cached {
+    /// The token itself: a hit must be this exact token, not merely the same hash.
+    token: Box<str>,
     principal: Principal,
     identity: Arc<Identity>,
     /// `exp` plus the leeway, in seconds since the epoch.
@@ -36,7 +38,9 @@ struct Authenticator {
     api_key_header: Option<HeaderName>,
     anonymous: Arc<[String]>,
     optional: bool,
-    verified: Cache<[u8; 32], Arc<Cached>>,
+    verified: Cache<u64, Arc<Cached>, foldhash::fast::FixedState>,
+    /// Seeded per process, so that nobody can aim tokens at one cache slot.
+    hasher: foldhash::quality::RandomState,
 }
 
 /// Authenticates every request: a bearer JWT from the identity provider (verified, its
@@ -56,7 +60,7 @@ struct Authenticator {
 /// Routes are authenticated unless listed with [`anonymous`](Self::anonymous) (which
 /// still verify credentials when some are presented): nothing runs as nobody by accident.
 /// Verified tokens are remembered until they expire (at most ten minutes), keyed by
-/// their SHA-256, so repeated requests cost a hash and a lookup.
+/// a keyed hash and compared in full, so repeated requests cost a hash and a lookup.
 #[derive(Clone)]
 pub struct AuthenticateLayer {
     inner: Arc<Authenticator>,
@@ -86,9 +90,12 @@ impl AuthenticateLayer {
                 anonymous: Arc::from(Vec::new()),
                 optional: false,
                 verified: Cache::builder()
-                    .max_capacity(100_000)
+                    // 64 MiB of tokens at most.
+                    .weigher(|_, v: &Arc<Cached>| u32::try_from(v.token.len() + 256).unwrap_or(u32::MAX))
+                    .max_capacity(64 << 20)
                     .time_to_live(Duration::from_secs(600))
-                    .build(),
+                    .build_with_hasher(foldhash::fast::FixedState::default()),
+                hasher: foldhash::quality::RandomState::default(),
             }),
         }
     }
@@ -136,14 +143,19 @@ enum Credential<'a> {
     ApiKey(&'a str),
 }
 
-fn credential<'a>(headers: &'a HeaderMap, api_key_header: Option<&HeaderName>) -> Result<Option<Credential<'a>>, AuthError> {
+fn credential<'a>(
+    headers: &'a HeaderMap,
+    api_key_header: Option<&HeaderName>,
+) -> Result<Option<Credential<'a>>, AuthError> {
     if let Some(name) = api_key_header {
         let mut values = headers.get_all(name).iter();
         if let Some(value) = values.next() {
             if values.next().is_some() {
                 return Err(AuthError::Malformed("more than one API key header"));
             }
-            let key = value.to_str().map_err(|_| AuthError::Malformed("the API key is not ASCII"))?;
+            let key = value
+                .to_str()
+                .map_err(|_| AuthError::Malformed("the API key is not ASCII"))?;
             return Ok(Some(Credential::ApiKey(key.trim())));
         }
     }
@@ -188,16 +200,21 @@ impl Authenticator {
         {
             return Ok(Some((keys.authenticate(token).await?, None)));
         }
-        let oidc = self.oidc.as_ref().ok_or(AuthError::Malformed("bearer tokens are not accepted here"))?;
+        let oidc = self
+            .oidc
+            .as_ref()
+            .ok_or(AuthError::Malformed("bearer tokens are not accepted here"))?;
         if token.len() > MAX_TOKEN_LEN {
             return Err(AuthError::Malformed("the token is too long"));
         }
-        let digest = sha256(token.as_bytes());
-        if let Some(hit) = self.verified.get(&digest) {
+        let slot = self.hasher.hash_one(token);
+        if let Some(hit) = self.verified.get(&slot)
+            && *hit.token == *token
+        {
             if hit.valid_until > crate::unix_now() {
                 return Ok(Some((hit.principal.clone(), Some(hit.identity.clone()))));
             }
-            self.verified.invalidate(&digest);
+            self.verified.invalidate(&slot);
         }
         let identity = oidc.verify(token).await?;
         let user = self.users.provision(&identity).await?;
@@ -208,8 +225,9 @@ impl Authenticator {
         let leeway = i64::try_from(oidc.leeway_secs()).unwrap_or(0);
         let identity = Arc::new(identity);
         self.verified.insert(
-            digest,
+            slot,
             Arc::new(Cached {
+                token: token.into(),
                 principal: principal.clone(),
                 identity: identity.clone(),
                 valid_until: identity.expires_at.saturating_add(leeway),
@@ -321,10 +339,7 @@ where
 {
     type Response = Response<ResB>;
     type Error = S::Error;
-    type Future = futures_util::future::Either<
-        std::future::Ready<Result<Response<ResB>, S::Error>>,
-        S::Future,
-    >;
+    type Future = futures_util::future::Either<std::future::Ready<Result<Response<ResB>, S::Error>>, S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -385,6 +400,9 @@ mod tests {
         let name = HeaderName::from_static("x-api-key");
         let mut h = HeaderMap::new();
         h.insert(&name, HeaderValue::from_static("sk_live_x"));
-        assert!(matches!(credential(&h, Some(&name)), Ok(Some(Credential::ApiKey("sk_live_x")))));
+        assert!(matches!(
+            credential(&h, Some(&name)),
+            Ok(Some(Credential::ApiKey("sk_live_x")))
+        ));
     }
 }

@@ -77,8 +77,8 @@ pub use invitation::{
     FixedSeats, Invitation, InvitationId, InvitationMailer, InvitationMessage, InvitationToken, Invitations, SeatLimit,
     Unlimited, normalise_email,
 };
-pub use jwt::{DEFAULT_ALGORITHMS, Issuer, MAX_TOKEN_LEN, Oidc};
 pub use jsonwebtoken::Algorithm;
+pub use jwt::{DEFAULT_ALGORITHMS, Issuer, MAX_TOKEN_LEN, Oidc};
 pub use layer::{Authenticate, AuthenticateLayer, RequireMfa, RequireMfaService};
 #[cfg(feature = "local-issuer")]
 pub use local::{KeyGenError, LocalIssuer, TokenBuilder};

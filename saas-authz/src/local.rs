@@ -35,18 +35,21 @@ struct Inner {
     current: RwLock<String>,
     jwks_requests: AtomicU64,
     next_kid: AtomicU64,
-    _shutdown: oneshot::Sender<()>,
 }
 
 /// A development identity provider on `127.0.0.1` (see the module docs).
 #[derive(Clone)]
 pub struct LocalIssuer {
     inner: Arc<Inner>,
+    /// Dropped with the last handle: the server stops.
+    _server: Arc<oneshot::Sender<()>>,
 }
 
 impl std::fmt::Debug for LocalIssuer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LocalIssuer").field("issuer", &self.inner.issuer).finish()
+        f.debug_struct("LocalIssuer")
+            .field("issuer", &self.inner.issuer)
+            .finish()
     }
 }
 
@@ -151,7 +154,6 @@ impl LocalIssuer {
             keys: RwLock::new(vec![key]),
             jwks_requests: AtomicU64::new(0),
             next_kid: AtomicU64::new(2),
-            _shutdown: tx,
         });
         let app = axum::Router::new()
             .route("/.well-known/openid-configuration", get(discovery))
@@ -168,7 +170,10 @@ impl LocalIssuer {
             issuer = %issuer,
             "LocalIssuer is running: a DEVELOPMENT identity provider that signs any token asked of it; never use it in production"
         );
-        Ok(Self { inner })
+        Ok(Self {
+            inner,
+            _server: Arc::new(tx),
+        })
     }
 
     /// The issuer identifier (`iss`), also its base URL.
@@ -221,14 +226,18 @@ impl LocalIssuer {
     /// Publishes a key added with `publish = false`.
     pub fn publish(&self, kid: &str) {
         if let Ok(mut keys) = self.inner.keys.write() {
-            keys.iter_mut().filter(|k| k.kid == kid).for_each(|k| k.published = true);
+            keys.iter_mut()
+                .filter(|k| k.kid == kid)
+                .for_each(|k| k.published = true);
         }
     }
 
     /// Stops publishing a key (tokens it signed stop verifying once verifiers refetch).
     pub fn retire(&self, kid: &str) {
         if let Ok(mut keys) = self.inner.keys.write() {
-            keys.iter_mut().filter(|k| k.kid == kid).for_each(|k| k.published = false);
+            keys.iter_mut()
+                .filter(|k| k.kid == kid)
+                .for_each(|k| k.published = false);
         }
     }
 
@@ -313,7 +322,9 @@ impl TokenBuilder {
             .clone()
             .or_else(|| inner.current.read().ok().map(|c| c.clone()))
             .unwrap_or_default();
-        let Ok(keys) = inner.keys.read() else { return String::new() };
+        let Ok(keys) = inner.keys.read() else {
+            return String::new();
+        };
         let Some(key) = keys.iter().find(|k| k.kid == kid) else {
             return String::new();
         };

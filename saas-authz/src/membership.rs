@@ -274,7 +274,13 @@ impl Memberships {
             return Err(MemberError::Forbidden);
         }
         let member = self
-            .insert(tx, &Actor::System("saas-authz.bootstrap".into()), user, vec![OWNER.into()], None)
+            .insert(
+                tx,
+                &Actor::System("saas-authz.bootstrap".into()),
+                user,
+                vec![OWNER.into()],
+                None,
+            )
             .await?;
         Ok(member)
     }
@@ -291,7 +297,8 @@ impl Memberships {
         let roles = validate_roles(roles)?;
         let actor_rank = acting_rank(tx, actor).await?;
         check_grant(actor_rank, &roles)?;
-        self.insert(tx, &Actor::from(actor), user, roles, Some(actor.user_id)).await
+        self.insert(tx, &Actor::from(actor), user, roles, Some(actor.user_id))
+            .await
     }
 
     pub(crate) async fn insert(
@@ -430,7 +437,9 @@ impl Memberships {
         let member: bool = row.try_get("member")?;
         let settings = AuthSettings {
             require_mfa: row.try_get::<Option<bool>, _>("require_mfa")?.unwrap_or(false),
-            invitations_any_email: row.try_get::<Option<bool>, _>("invitations_any_email")?.unwrap_or(false),
+            invitations_any_email: row
+                .try_get::<Option<bool>, _>("invitations_any_email")?
+                .unwrap_or(false),
         };
         self.members.insert((tenant, user), member);
         self.settings.insert(tenant, settings);
@@ -515,13 +524,12 @@ async fn lock_member(tx: &mut TenantTx, user: UserId) -> Result<Option<Member>, 
 /// demoting each other concurrently cannot both succeed.
 async fn ensure_other_owner(tx: &mut TenantTx, leaving: UserId) -> Result<(), MemberError> {
     let tenant = tx.tenant();
-    let owners: Vec<UserId> = sqlx::query_scalar(
-        "SELECT user_id FROM saas.memberships WHERE tenant_id = $1 AND $2 = ANY (roles) FOR UPDATE",
-    )
-    .bind(tenant)
-    .bind(OWNER)
-    .fetch_all(&mut **tx)
-    .await?;
+    let owners: Vec<UserId> =
+        sqlx::query_scalar("SELECT user_id FROM saas.memberships WHERE tenant_id = $1 AND $2 = ANY (roles) FOR UPDATE")
+            .bind(tenant)
+            .bind(OWNER)
+            .fetch_all(&mut **tx)
+            .await?;
     if owners.iter().any(|o| *o != leaving) {
         Ok(())
     } else {

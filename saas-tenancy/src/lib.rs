@@ -75,8 +75,8 @@ mod verify;
 
 pub use error::TenancyError;
 pub use layer::{
-    AllowAnyMember, MembershipCheck, MembershipError, MembershipVerdict, TenantContext, TenantLayer, TenantLayerBuilder, TenantService,
-    tenant_not_found,
+    AllowAnyMember, MembershipCheck, MembershipError, MembershipVerdict, TenantContext, TenantLayer,
+    TenantLayerBuilder, TenantService, tenant_not_found,
 };
 pub use pool::{pool, pool_options};
 pub use resolve::{TenantRef, TenantResolver};
