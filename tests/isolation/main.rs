@@ -31,6 +31,8 @@ use saas_tests::Fixture;
 use saas_tests::chrono::Duration;
 use tower::{ServiceBuilder, ServiceExt};
 
+mod authz;
+
 fn code(e: &sqlx::Error) -> String {
     e.as_database_error()
         .and_then(|d| d.code())

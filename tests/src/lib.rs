@@ -1,6 +1,6 @@
 //! Fixtures shared by the cross-crate tests.
 //!
-//! [`Fixture::new`] gives a fresh database with the saas-core and saas-tenancy migrations,
+//! [`Fixture::new`] gives a fresh database with the saas-core, saas-tenancy and saas-authz migrations,
 //! an application schema of two tenant tables (`projects`, and `tasks` with a composite
 //! foreign key to it), and two tenants, A (`acme`) and B (`globex`), each with data.
 
@@ -55,7 +55,7 @@ pub struct Fixture {
 impl Fixture {
     /// Builds the database, schema, tenants and data.
     pub async fn new() -> Self {
-        let db = TestDb::new(&[&saas_core::MIGRATOR, &saas_tenancy::MIGRATOR])
+        let db = TestDb::new(&[&saas_core::MIGRATOR, &saas_tenancy::MIGRATOR, &saas_authz::MIGRATOR])
             .await
             .unwrap();
         sqlx::raw_sql(SCHEMA).execute(db.owner()).await.unwrap();
