@@ -15,8 +15,8 @@
 use axum::Router;
 use axum::routing::{get, post};
 use saas_authz::{
-    ApiKeys, AuthenticateLayer, Identity, Invitations, LocalIssuer, Memberships, NewApiKey, RecordingMailer, RequireMfa,
-    Users,
+    ApiKeys, AuthenticateLayer, Identity, Invitations, LocalIssuer, Memberships, NewApiKey, RecordingMailer,
+    RequireMfa, Users,
 };
 use saas_core::clock::SystemClock;
 use saas_core::problem::Problem;
@@ -64,7 +64,9 @@ async fn invite(
         .await
         .map_err(|e| e.to_problem())?;
     tx.commit().await.map_err(|e| e.to_problem())?;
-    Ok(axum::Json(serde_json::json!({ "invitation": inv.id, "expires_at": inv.expires_at })))
+    Ok(axum::Json(
+        serde_json::json!({ "invitation": inv.id, "expires_at": inv.expires_at }),
+    ))
 }
 
 #[tokio::main]
@@ -86,10 +88,16 @@ async fn main() {
         .provision(&Identity::new(idp.issuer(), "ada", i64::MAX).with_email("ada@acme.test", true))
         .await
         .unwrap();
-    let acme = saas_tenancy::lifecycle::create(&pool, "acme", "Acme", ada, &SystemClock).await.unwrap();
+    let acme = saas_tenancy::lifecycle::create(&pool, "acme", "Acme", ada, &SystemClock)
+        .await
+        .unwrap();
     let memberships = Memberships::new(pool.clone());
     let keys = ApiKeys::new(pool.clone());
-    let _listen = (memberships.listen(), keys.listen(), keys.spawn_usage_flusher(std::time::Duration::from_secs(10)));
+    let _listen = (
+        memberships.listen(),
+        keys.listen(),
+        keys.spawn_usage_flusher(std::time::Duration::from_secs(10)),
+    );
     let mut tx = TenantTx::begin(&pool, acme.id).await.unwrap();
     memberships.bootstrap_owner(&mut tx, ada).await.unwrap();
     let key = keys
@@ -111,11 +119,19 @@ async fn main() {
                 .layer(TraceLayer::new())
                 .layer(ProblemLayer::new())
                 .layer(AuthenticateLayer::new(users).oidc(oidc).api_keys(keys))
-                .layer(TenantLayer::new(resolve::header("x-tenant-id"), PgTenantStore::new(pool.clone())).membership(memberships)),
+                .layer(
+                    TenantLayer::new(resolve::header("x-tenant-id"), PgTenantStore::new(pool.clone()))
+                        .membership(memberships),
+                ),
         );
 
     let with_mfa = idp.token("ada").audience("api").email("ada@acme.test").mfa(true).sign();
-    let without_mfa = idp.token("ada").audience("api").email("ada@acme.test").mfa(false).sign();
+    let without_mfa = idp
+        .token("ada")
+        .audience("api")
+        .email("ada@acme.test")
+        .mfa(false)
+        .sign();
     let stranger = idp.token("mallory").audience("api").email("mallory@evil.test").sign();
     let port: u16 = std::env::var("PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(3000);
     let base = format!("http://127.0.0.1:{port}");

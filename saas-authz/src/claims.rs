@@ -20,7 +20,8 @@ pub enum ClaimPreset {
         namespace: Option<String>,
     },
     /// Clerk session tokens: `sub`, `sid`, organisation in `o.id` / `o.rol`, second-factor
-    /// verification age in `fva[1]` (`-1` when no second factor was used).
+    /// verification age in `fva[1]` (`-1` when no second factor was used). Email and
+    /// `email_verified` only when the session-token template adds them.
     Clerk,
 }
 
@@ -96,11 +97,8 @@ impl ClaimPreset {
                     id.org_id = o.get("id").and_then(Value::as_str).map(str::to_owned);
                     id.org_role = o.get("rol").and_then(Value::as_str).map(str::to_owned);
                 }
-                // Clerk puts email in session tokens only through a custom template; the
-                // same names are read when present. Clerk verifies addresses before use.
-                if id.email.is_some() && !claims.contains_key("email_verified") {
-                    id.email_verified = true;
-                }
+                // Clerk puts email in session tokens only through a custom template; add
+                // `email_verified` there too, or invitations cannot match the address.
             }
         }
         if id.email.as_ref().is_some_and(|e| e.len() > 320) {

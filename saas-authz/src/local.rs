@@ -314,7 +314,8 @@ impl TokenBuilder {
         self.kid = Some(kid.to_owned());
         self
     }
-    /// The signed token.
+    /// The signed token (empty when the chosen key does not exist, which no verifier
+    /// accepts).
     pub fn sign(self) -> String {
         let inner = &self.issuer.inner;
         let kid = self
