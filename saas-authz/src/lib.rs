@@ -19,6 +19,12 @@
 //!   their own role; every change is audited with before and after.
 //! - [`Invitations`]: single-use links, 7-day expiry, resend, revoke, seat limits
 //!   ([`SeatLimit`]), email through an [`InvitationMailer`].
+//! - [`rbac`]: the RBAC evaluator. [`Model`] registers permissions (`project:read`) as bit
+//!   positions and defines the built-in roles; [`Authz`] keeps a compiled snapshot per
+//!   tenant (custom roles with inheritance, members, resource grants down a parent chain)
+//!   and answers [`Authz::check`] without locks or allocation, explains any [`Decision`],
+//!   lists what a user may reach ([`Authz::accessible`]), follows changes through
+//!   LISTEN/NOTIFY; [`RequirePermission`] guards routes.
 //! - [`LocalIssuer`] (feature `local-issuer`): a development identity provider over real
 //!   HTTP.
 //!
@@ -64,6 +70,7 @@ mod layer;
 mod local;
 mod membership;
 pub mod notify;
+pub mod rbac;
 pub mod role;
 mod secret;
 mod users;
@@ -83,6 +90,7 @@ pub use layer::{Authenticate, AuthenticateLayer, RequireMfa, RequireMfaService};
 #[cfg(feature = "local-issuer")]
 pub use local::{KeyGenError, LocalIssuer, TokenBuilder};
 pub use membership::{AuthSettings, Member, Memberships, mfa_required};
+pub use rbac::{Access, Authz, Decision, Model, Permission, Reason, RequirePermission, ResourceRef, RoleDef};
 pub use saas_core::{AuthMethod, Principal};
 pub use secret::Secret;
 pub use users::{User, Users};

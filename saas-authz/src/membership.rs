@@ -108,20 +108,52 @@ fn member_from(row: &sqlx::postgres::PgRow) -> Result<Member, sqlx::Error> {
     })
 }
 
-fn validate_roles(roles: &[&str]) -> Result<Vec<String>, MemberError> {
+/// The rank of each role: built-in, or the stored rank of the tenant's custom role;
+/// unknown roles are an error.
+async fn ranked(tx: &mut TenantTx, roles: &[&str]) -> Result<Vec<(String, u8)>, MemberError> {
     if roles.is_empty() || roles.len() > 16 {
         return Err(MemberError::NoRoles);
     }
-    let mut out: Vec<String> = Vec::with_capacity(roles.len());
+    let tenant = tx.tenant();
+    let mut out: Vec<(String, u8)> = Vec::with_capacity(roles.len());
     for r in roles {
-        if role::rank(r).is_none() {
-            return Err(MemberError::UnknownRole((*r).to_owned()));
+        if out.iter().any(|(o, _)| o == r) {
+            continue;
         }
-        if !out.iter().any(|o| o == r) {
-            out.push((*r).to_owned());
-        }
+        let rank = match role::rank(r) {
+            Some(rank) => rank,
+            None => {
+                let custom: Option<i16> =
+                    sqlx::query_scalar("SELECT rank FROM saas.roles WHERE tenant_id = $1 AND name = $2")
+                        .bind(tenant)
+                        .bind(*r)
+                        .fetch_optional(&mut **tx)
+                        .await?;
+                custom
+                    .and_then(|c| u8::try_from(c).ok())
+                    .ok_or_else(|| MemberError::UnknownRole((*r).to_owned()))?
+            }
+        };
+        out.push(((*r).to_owned(), rank));
     }
     Ok(out)
+}
+
+/// The highest rank among `roles` (custom roles by their stored rank).
+async fn rank_of(tx: &mut TenantTx, roles: &[String]) -> Result<u8, MemberError> {
+    let tenant = tx.tenant();
+    let mut max = role::max_rank(roles);
+    let custom: Vec<&String> = roles.iter().filter(|r| role::rank(r).is_none()).collect();
+    if !custom.is_empty() {
+        let stored: Option<i16> =
+            sqlx::query_scalar("SELECT max(rank) FROM saas.roles WHERE tenant_id = $1 AND name = ANY ($2)")
+                .bind(tenant)
+                .bind(custom)
+                .fetch_one(&mut **tx)
+                .await?;
+        max = max.max(stored.and_then(|s| u8::try_from(s).ok()).unwrap_or(0));
+    }
+    Ok(max)
 }
 
 impl Memberships {
@@ -294,9 +326,10 @@ impl Memberships {
         user: UserId,
         roles: &[&str],
     ) -> Result<Member, MemberError> {
-        let roles = validate_roles(roles)?;
+        let roles = ranked(tx, roles).await?;
         let actor_rank = acting_rank(tx, actor).await?;
         check_grant(actor_rank, &roles)?;
+        let roles = roles.into_iter().map(|(r, _)| r).collect();
         self.insert(tx, &Actor::from(actor), user, roles, Some(actor.user_id))
             .await
     }
@@ -352,11 +385,12 @@ impl Memberships {
         roles: &[&str],
     ) -> Result<Member, MemberError> {
         let tenant = tx.tenant();
-        let roles = validate_roles(roles)?;
+        let roles = ranked(tx, roles).await?;
         let actor_rank = acting_rank(tx, actor).await?;
         check_grant(actor_rank, &roles)?;
+        let roles: Vec<String> = roles.into_iter().map(|(r, _)| r).collect();
         let before = lock_member(tx, user).await?.ok_or(MemberError::NotFound)?;
-        if before.rank() > actor_rank {
+        if rank_of(tx, &before.roles).await? > actor_rank {
             return Err(MemberError::AboveOwnRole(highest(&before.roles)));
         }
         if before.has_role(OWNER) && !roles.iter().any(|r| r == OWNER) {
@@ -389,7 +423,7 @@ impl Memberships {
             if actor_rank < MANAGER_RANK {
                 return Err(MemberError::Forbidden);
             }
-            if before.rank() > actor_rank {
+            if rank_of(tx, &before.roles).await? > actor_rank {
                 return Err(MemberError::AboveOwnRole(highest(&before.roles)));
             }
         }
@@ -481,12 +515,12 @@ fn highest(roles: &[String]) -> String {
         .unwrap_or_default()
 }
 
-fn check_grant(actor_rank: u8, roles: &[String]) -> Result<(), MemberError> {
+fn check_grant(actor_rank: u8, roles: &[(String, u8)]) -> Result<(), MemberError> {
     if actor_rank < MANAGER_RANK {
         return Err(MemberError::Forbidden);
     }
-    match roles.iter().find(|r| role::rank(r).unwrap_or(u8::MAX) > actor_rank) {
-        Some(r) => Err(MemberError::AboveOwnRole(r.clone())),
+    match roles.iter().find(|(_, rank)| *rank > actor_rank) {
+        Some((r, _)) => Err(MemberError::AboveOwnRole(r.clone())),
         None => Ok(()),
     }
 }
@@ -504,6 +538,7 @@ pub(crate) async fn acting_rank(tx: &mut TenantTx, actor: &Principal) -> Result<
             .bind(actor.user_id)
             .fetch_optional(&mut **tx)
             .await?;
+    // Built-in roles only: a custom role never confers the right to manage members.
     Ok(roles.map(|r| role::max_rank(&r)).unwrap_or(0))
 }
 

@@ -7,6 +7,8 @@ mod fuzz;
 mod invitations;
 mod jwt;
 mod members;
+mod rbac;
+mod workload;
 
 use axum::Router;
 use axum::body::Body;
