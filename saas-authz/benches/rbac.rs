@@ -3,6 +3,8 @@
 //! five roles per tenant with some inheritance, 1,024 fixed-seed checks (allowed and
 //! denied) cycled through. The engines are first checked to agree (10,000 queries at
 //! 1k rules, 2,000 at 10k, 1,100 at 100k: each casbin cache miss is a full evaluation).
+//! `RBAC_SIZES=1k,10k` limits the sizes run; `RBAC_FLOOR=1` runs saas-authz alone (and
+//! the same query over and over), without casbin.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../tests/authz/workload.rs"]
@@ -24,11 +26,43 @@ fn bench(c: &mut Criterion) {
     group
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
+    let only = std::env::var("RBAC_SIZES").ok();
     for (label, rules) in [("1k", 1_000), ("10k", 10_000), ("100k", 100_000)] {
+        if only.as_deref().is_some_and(|o| !o.split(',').any(|s| s == label)) {
+            continue;
+        }
         let w = generate(rules, 42);
         let authz = w.authz();
         let principals = w.principals();
         let perms: Vec<_> = (0..50).map(|i| authz.permission(&permission(i)).unwrap()).collect();
+        if std::env::var("RBAC_FLOOR").is_ok() {
+            let queries = w.queries(1024, 7);
+            let q = queries[0];
+            group.bench_function(BenchmarkId::new("saas_authz_same_query", label), |b| {
+                b.iter(|| {
+                    black_box(authz.check(
+                        black_box(&principals[q.user]),
+                        w.tenants[q.tenant],
+                        perms[q.permission],
+                        None,
+                    ))
+                })
+            });
+            let mut i = 0usize;
+            group.bench_function(BenchmarkId::new("saas_authz", label), |b| {
+                b.iter(|| {
+                    let q = queries[i & 1023];
+                    i = i.wrapping_add(1);
+                    black_box(authz.check(
+                        black_box(&principals[q.user]),
+                        w.tenants[q.tenant],
+                        perms[q.permission],
+                        None,
+                    ))
+                })
+            });
+            continue;
+        }
         let (p, g) = w.casbin_rules();
         let (plain, mut cached) = rt.block_on(async {
             let mut plain = Enforcer::new(DefaultModel::from_str(MODEL).await.unwrap(), MemoryAdapter::default())
@@ -59,7 +93,7 @@ fn bench(c: &mut Criterion) {
         for (i, q) in w.queries(agree, 7).into_iter().enumerate() {
             let ours = authz
                 .check(&principals[q.user], w.tenants[q.tenant], perms[q.permission], None)
-                .allowed;
+                .allowed();
             let req = w.casbin_request(q);
             assert_eq!(ours, cached.enforce(req.clone()).unwrap());
             if i < 200 || rules <= 1_000 {

@@ -81,7 +81,7 @@ where
                 return Ok(e.to_problem().into_http());
             }
             let decision = config.authz.check(&principal, tenant, config.permission, None);
-            if !decision.allowed {
+            if !decision.allowed() {
                 let why = config.authz.explain(tenant, &decision);
                 tracing::info!(
                     user_id = %principal.user_id, tenant_id = %tenant, permission = config.name,

@@ -6,23 +6,43 @@
 //! lock-free snapshot load, two hash lookups and a few bit tests, and allocates nothing;
 //! the [`Decision`] it returns names the role or grant that allowed it, and
 //! [`Authz::explain`] turns it into words on demand.
+//!
+//! ```
+//! use saas_authz::rbac::{Authz, Model, TenantData};
+//! use saas_core::{Principal, TenantId, UserId};
+//!
+//! let model = Model::new(["project:read", "project:delete"]).unwrap(); // unknown names fail here
+//! let (acme, ann) = (TenantId::new(), UserId::new());
+//! let mut data = TenantData::default(); // in production: loaded from PostgreSQL by Authz::new
+//! data.members.push((ann, vec!["viewer".into()]));
+//! let authz = Authz::in_memory(model, [(acme, data)]).unwrap();
+//!
+//! let ann = Principal::user(ann);
+//! assert!(authz.check(&ann, acme, authz.permission("project:read").unwrap(), None).allowed());
+//! let no = authz.check(&ann, acme, authz.permission("project:delete").unwrap(), None);
+//! assert!(!no.allowed());
+//! assert_eq!(authz.explain(acme, &no).reason, "no role held includes project:delete");
+//! assert_eq!(authz.explain(acme, &no).roles, ["viewer"]);
+//! ```
 
 mod layer;
 mod model;
 mod store;
 
+use std::cell::RefCell;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 use saas_core::{Principal, Problem, TenantId, UserId};
 use uuid::Uuid;
 
 pub use layer::{RequirePermission, RequirePermissionService};
-pub(crate) use model::{FastMap, Subject, TenantPolicy, kind_of};
 pub use model::{
     MAX_DEPTH, MAX_PERMISSIONS, MAX_ROLES, Model, ModelError, PermSet, Permission, Permissions, ResourceRef, RoleDef,
     valid_role_name,
 };
+pub(crate) use model::{Subject, TenantPolicy, kind_of};
 pub use store::{GrantDef, GrantId, GrantSubject, RbacError, TenantData};
 
 /// Why a check came out as it did. Indices refer to the tenant's roles at the time of the
@@ -30,8 +50,9 @@ pub use store::{GrantDef, GrantId, GrantSubject, RbacError, TenantData};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Reason {
-    /// A role the member holds in the tenant includes the permission.
-    Role(u8),
+    /// A role the member holds tenant-wide includes the permission ([`Authz::explain`]
+    /// names it; the check itself only tests the union of the member's roles).
+    Role,
     /// A grant on the resource (`depth` 0) or an ancestor gives a role that includes it.
     Grant {
         /// The granted role.
@@ -50,26 +71,80 @@ pub enum Reason {
 }
 
 /// The answer to a check. Small and `Copy`; allocation-free to produce.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// Two machine words (the role mask, and the rest packed), so that it travels in
+/// registers and aligned moves: a struct of odd-sized fields made the compiler copy it
+/// with overlapping stores that stalled every check.
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Decision {
-    /// Whether the action is allowed.
-    pub allowed: bool,
-    /// The permission checked.
-    pub permission: Permission,
-    /// Why.
-    pub reason: Reason,
-    /// The role mask the principal holds in the tenant.
-    pub held: u64,
+    held: u64,
+    /// allowed (bits 0-7), permission (8-23), reason tag (24-31), role (32-39), depth (40-47)
+    packed: u64,
 }
 
 impl Decision {
-    fn deny(permission: Permission, reason: Reason, held: u64) -> Self {
+    #[inline]
+    fn new(allowed: bool, permission: Permission, reason: Reason, held: u64) -> Self {
+        let (tag, a, b): (u64, u64, u64) = match reason {
+            Reason::Role => (0, 0, 0),
+            Reason::Grant { role, depth } => (1, u64::from(role), u64::from(depth)),
+            Reason::Missing => (2, 0, 0),
+            Reason::OutOfScope => (3, 0, 0),
+            Reason::NotMember => (4, 0, 0),
+            Reason::NotLoaded => (5, 0, 0),
+        };
         Self {
-            allowed: false,
-            permission,
-            reason,
             held,
+            packed: u64::from(allowed) | u64::from(permission.0) << 8 | tag << 24 | a << 32 | b << 40,
         }
+    }
+
+    #[inline]
+    fn deny(permission: Permission, reason: Reason, held: u64) -> Self {
+        Self::new(false, permission, reason, held)
+    }
+
+    /// Whether the action is allowed.
+    #[inline]
+    pub fn allowed(&self) -> bool {
+        self.packed & 0xff != 0
+    }
+
+    /// The permission checked.
+    #[inline]
+    pub fn permission(&self) -> Permission {
+        Permission((self.packed >> 8) as u16)
+    }
+
+    /// Why.
+    pub fn reason(&self) -> Reason {
+        let a = (self.packed >> 32) as u8;
+        let b = (self.packed >> 40) as u8;
+        match (self.packed >> 24) as u8 {
+            0 => Reason::Role,
+            1 => Reason::Grant { role: a, depth: b },
+            2 => Reason::Missing,
+            3 => Reason::OutOfScope,
+            4 => Reason::NotMember,
+            _ => Reason::NotLoaded,
+        }
+    }
+
+    /// The role mask the principal holds in the tenant (bit `i` = the tenant's role `i`).
+    #[inline]
+    pub fn held(&self) -> u64 {
+        self.held
+    }
+}
+
+impl std::fmt::Debug for Decision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decision")
+            .field("allowed", &self.allowed())
+            .field("permission", &self.permission())
+            .field("reason", &self.reason())
+            .field("held", &format_args!("{:#x}", self.held))
+            .finish()
     }
 }
 
@@ -112,13 +187,83 @@ impl Access {
     }
 }
 
-type Tenants = FastMap<TenantId, Arc<TenantPolicy>>;
+/// Every loaded tenant's policy, plus the hot-path index: (tenant, user) → the member's
+/// role mask and the union of their roles' permissions, so that a check is one lookup
+/// and one bit test.
+#[derive(Clone, Default)]
+pub(crate) struct Tenants {
+    policies: model::IdMap<TenantId, Arc<TenantPolicy>>,
+    members: model::IdMap<(TenantId, UserId), MemberEntry>,
+}
+
+#[derive(Clone, Copy)]
+struct MemberEntry {
+    mask: u64,
+    perms: PermSet,
+}
+
+impl Tenants {
+    pub(crate) fn insert(&mut self, tenant: TenantId, policy: Arc<TenantPolicy>) {
+        self.remove(&tenant);
+        for (user, mask) in &policy.members {
+            let perms = (0..policy.roles.len())
+                .filter(|i| mask & (1 << i) != 0)
+                .fold(PermSet::EMPTY, |acc, i| acc.union(policy.roles[i].perms));
+            self.members.insert((tenant, *user), MemberEntry { mask: *mask, perms });
+        }
+        self.policies.insert(tenant, policy);
+    }
+
+    pub(crate) fn remove(&mut self, tenant: &TenantId) {
+        if let Some(old) = self.policies.remove(tenant) {
+            for user in old.members.keys() {
+                self.members.remove(&(*tenant, *user));
+            }
+        }
+    }
+
+    fn get(&self, tenant: &TenantId) -> Option<&Arc<TenantPolicy>> {
+        self.policies.get(tenant)
+    }
+
+    pub(crate) fn contains_key(&self, tenant: &TenantId) -> bool {
+        self.policies.contains_key(tenant)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.policies.len()
+    }
+
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &TenantId> {
+        self.policies.keys()
+    }
+}
 
 pub(crate) struct Inner {
     pub(crate) model: Model,
     pub(crate) pool: Option<sqlx::PgPool>,
     pub(crate) tenants: ArcSwap<Tenants>,
+    /// Bumped after every swap, so that each thread knows when its copy is stale.
+    pub(crate) version: AtomicU64,
     pub(crate) loading: tokio::sync::Mutex<()>,
+}
+
+impl Inner {
+    /// Replaces the snapshot with `f(current)`, atomically with respect to other updates.
+    pub(crate) fn update(&self, f: impl Fn(&mut Tenants)) {
+        self.tenants.rcu(|current| {
+            let mut next: Tenants = (**current).clone();
+            f(&mut next);
+            next
+        });
+        self.version.fetch_add(1, Ordering::Release);
+    }
+}
+
+thread_local! {
+    /// This thread's copy of the newest snapshot it saw: (evaluator, version, snapshot).
+    /// A check compares one atomic version with it and touches no shared reference count.
+    static SNAPSHOT: RefCell<Option<(usize, u64, Arc<Tenants>)>> = const { RefCell::new(None) };
 }
 
 /// The evaluator: the model plus every loaded tenant's compiled policy, swapped
@@ -159,6 +304,7 @@ impl Authz {
             map.insert(id, Arc::new(store::compile_tenant(&authz.inner.model, &data)?));
         }
         authz.inner.tenants.store(Arc::new(map));
+        authz.inner.version.fetch_add(1, Ordering::Release);
         Ok(authz)
     }
 
@@ -168,6 +314,7 @@ impl Authz {
                 model,
                 pool,
                 tenants: ArcSwap::from_pointee(Tenants::default()),
+                version: AtomicU64::new(0),
                 loading: tokio::sync::Mutex::new(()),
             }),
             tenant: None,
@@ -207,10 +354,38 @@ impl Authz {
         permission: Permission,
         resource: Option<ResourceRef>,
     ) -> Decision {
-        let tenants = self.inner.tenants.load();
-        let Some(policy) = tenants.get(&tenant) else {
-            return Decision::deny(permission, Reason::NotLoaded, 0);
-        };
+        self.with_snapshot(|tenants| self.check_in(tenants, principal, tenant, permission, resource))
+    }
+
+    /// Runs `f` on the newest snapshot through this thread's copy (refreshed when the
+    /// version moved): no lock, no reference-count traffic on the usual path.
+    #[inline]
+    fn with_snapshot<R>(&self, f: impl FnOnce(&Tenants) -> R) -> R {
+        let id = Arc::as_ptr(&self.inner) as usize;
+        let version = self.inner.version.load(Ordering::Acquire);
+        SNAPSHOT.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            match &*slot {
+                Some((i, v, snapshot)) if *i == id && *v == version => f(snapshot),
+                _ => {
+                    let snapshot = self.inner.tenants.load_full();
+                    let out = f(&snapshot);
+                    *slot = Some((id, version, snapshot));
+                    out
+                }
+            }
+        })
+    }
+
+    #[inline]
+    fn check_in(
+        &self,
+        tenants: &Tenants,
+        principal: &Principal,
+        tenant: TenantId,
+        permission: Permission,
+        resource: Option<ResourceRef>,
+    ) -> Decision {
         if !principal.may_act_in(tenant) {
             return Decision::deny(permission, Reason::NotMember, 0);
         }
@@ -219,7 +394,25 @@ impl Authz {
         {
             return Decision::deny(permission, Reason::OutOfScope, 0);
         }
-        evaluate(policy, principal.user_id, permission, resource)
+        let member = tenants.members.get(&(tenant, principal.user_id));
+        if let Some(m) = member
+            && m.perms.contains(permission)
+        {
+            return Decision::new(true, permission, Reason::Role, m.mask);
+        }
+        let held = member.map_or(0, |m| m.mask);
+        // A member without the permission and no resource to look at: nothing else to
+        // read (the union of their roles said no).
+        if member.is_some() && resource.is_none() {
+            return Decision::deny(permission, Reason::Missing, held);
+        }
+        let Some(policy) = tenants.get(&tenant) else {
+            return Decision::deny(permission, Reason::NotLoaded, 0);
+        };
+        match resource {
+            Some(r) => grants(policy, principal.user_id, held, permission, r),
+            None => Decision::deny(permission, Reason::NotMember, 0),
+        }
     }
 
     /// [`check`](Self::check) by permission name, on the resource of the permission's type
@@ -247,7 +440,7 @@ impl Authz {
             id,
         });
         let decision = self.check(principal, tenant, p, resource);
-        if decision.allowed {
+        if decision.allowed() {
             return Ok(());
         }
         let why = self.explain(tenant, &decision);
@@ -268,12 +461,20 @@ impl Authz {
                 .map_or_else(|| format!("#{i}"), |r| r.name.to_string())
         };
         let roles: Vec<String> = (0..64u8)
-            .filter(|i| decision.held & (1 << i) != 0)
+            .filter(|i| decision.held() & (1 << i) != 0)
             .map(role_name)
             .collect();
-        let permission = self.inner.model.perms.name(decision.permission).to_owned();
-        let reason = match decision.reason {
-            Reason::Role(r) => format!("role {} includes {permission}", role_name(r)),
+        let permission = self.inner.model.perms.name(decision.permission()).to_owned();
+        let reason = match decision.reason() {
+            Reason::Role => {
+                let role = policy.and_then(|pol| {
+                    (0..pol.roles.len()).find(|i| {
+                        decision.held() & (1 << i) != 0 && pol.roles[*i].perms.contains(decision.permission())
+                    })
+                });
+                let name = role.map_or_else(|| "held".to_owned(), |i| role_name(i as u8));
+                format!("role {name} includes {permission}")
+            }
             Reason::Grant { role, depth: 0 } => format!(
                 "a grant of role {} on the resource includes {permission}",
                 role_name(role)
@@ -290,7 +491,7 @@ impl Authz {
             Reason::NotLoaded => "the tenant's policy is not loaded".to_owned(),
         };
         Explanation {
-            allowed: decision.allowed,
+            allowed: decision.allowed(),
             permission,
             reason,
             roles,
@@ -307,7 +508,7 @@ impl Authz {
         permission: Permission,
         resource_type: &str,
     ) -> Access {
-        if self.check(principal, tenant, permission, None).allowed {
+        if self.check(principal, tenant, permission, None).allowed() {
             return Access::All;
         }
         let tenants = self.inner.tenants.load();
@@ -329,67 +530,71 @@ impl Authz {
         candidates.dedup();
         let ids = candidates
             .into_iter()
-            .filter(|r| evaluate(policy, principal.user_id, permission, Some(*r)).allowed)
+            .filter(|r| {
+                let held = policy.members.get(&principal.user_id).copied().unwrap_or(0);
+                evaluate(policy, principal.user_id, held, permission, Some(*r)).allowed()
+            })
             .map(|r| r.id)
             .collect();
         Access::Only(ids)
     }
 }
 
-/// The hot path: the member's roles, then grants up the parent chain.
-#[inline]
-fn evaluate(policy: &TenantPolicy, user: UserId, p: Permission, resource: Option<ResourceRef>) -> Decision {
-    let held = policy.members.get(&user).copied().unwrap_or(0);
+/// The member's roles, then grants up the parent chain (the slow path: reverse queries).
+fn evaluate(policy: &TenantPolicy, user: UserId, held: u64, p: Permission, resource: Option<ResourceRef>) -> Decision {
     let mut m = held;
     while m != 0 {
         let i = m.trailing_zeros() as usize;
         if policy.roles.get(i).is_some_and(|r| r.perms.contains(p)) {
-            return Decision {
-                allowed: true,
-                permission: p,
-                reason: Reason::Role(i as u8),
-                held,
-            };
+            return Decision::new(true, p, Reason::Role, held);
         }
         m &= m - 1;
     }
-    if let Some(mut cur) = resource {
-        for depth in 0..MAX_DEPTH {
-            if let Some(grants) = policy.grants.get(&cur) {
-                for g in grants {
-                    if depth > 0 && !g.inherit {
-                        continue;
-                    }
-                    let applies = match g.subject {
-                        Subject::User(u) => u == user,
-                        Subject::Role(r) => held & (1 << r) != 0,
-                    };
-                    if applies
-                        && policy
-                            .roles
-                            .get(usize::from(g.role))
-                            .is_some_and(|r| r.perms.contains(p))
-                    {
-                        return Decision {
-                            allowed: true,
-                            permission: p,
-                            reason: Reason::Grant {
-                                role: g.role,
-                                depth: depth as u8,
-                            },
-                            held,
-                        };
-                    }
+    match resource {
+        Some(r) => grants(policy, user, held, p, r),
+        None => Decision::deny(p, if held == 0 { Reason::NotMember } else { Reason::Missing }, held),
+    }
+}
+
+/// Grants on the resource, then on its ancestors (inherited grants only), up to
+/// [`MAX_DEPTH`] levels.
+#[inline]
+fn grants(policy: &TenantPolicy, user: UserId, held: u64, p: Permission, resource: ResourceRef) -> Decision {
+    let mut cur = resource;
+    for depth in 0..MAX_DEPTH {
+        if let Some(list) = policy.grants.get(&cur) {
+            for g in list {
+                if depth > 0 && !g.inherit {
+                    continue;
+                }
+                let applies = match g.subject {
+                    Subject::User(u) => u == user,
+                    Subject::Role(r) => held & (1 << r) != 0,
+                };
+                if applies
+                    && policy
+                        .roles
+                        .get(usize::from(g.role))
+                        .is_some_and(|r| r.perms.contains(p))
+                {
+                    return Decision::new(
+                        true,
+                        p,
+                        Reason::Grant {
+                            role: g.role,
+                            depth: depth as u8,
+                        },
+                        held,
+                    );
                 }
             }
-            match policy.parents.get(&cur) {
-                Some(parent) => cur = *parent,
-                None => break,
-            }
+        }
+        match policy.parents.get(&cur) {
+            Some(parent) => cur = *parent,
+            None => break,
         }
     }
-    let reason = if held == 0 { Reason::NotMember } else { Reason::Missing };
-    Decision::deny(p, reason, held)
+    Decision::deny(p, if held == 0 { Reason::NotMember } else { Reason::Missing }, held)
 }
 
 /// The 403 problem for a missing permission. Names the permission, never the roles.
@@ -452,63 +657,63 @@ mod tests {
         let bob_p = Principal::user(bob);
 
         let d = authz.check(&ann_p, t, p("billing:manage"), None);
-        assert!(d.allowed);
-        assert_eq!(d.reason, Reason::Role(0));
+        assert!(d.allowed());
+        assert_eq!(d.reason(), Reason::Role);
         assert!(authz.explain(t, &d).reason.contains("owner"));
 
         let d = authz.check(&bob_p, t, p("doc:edit"), None);
-        assert_eq!((d.allowed, d.reason), (false, Reason::Missing));
+        assert_eq!((d.allowed(), d.reason()), (false, Reason::Missing));
         let why = authz.explain(t, &d);
         assert_eq!(why.roles, ["viewer"]);
         // Inherited from the workspace grant, two levels up.
         let d = authz.check(&bob_p, t, p("doc:edit"), Some(ResourceRef::new("doc", doc)));
-        assert_eq!((d.allowed, d.reason), (true, Reason::Grant { role: 4, depth: 2 }));
+        assert_eq!((d.allowed(), d.reason()), (true, Reason::Grant { role: 4, depth: 2 }));
         assert!(authz.explain(t, &d).reason.contains("editor"));
         // The role grant on the project is not inherited by its documents.
         let cid_p = Principal::user(cid);
         assert!(
             authz
                 .check(&cid_p, t, p("doc:edit"), Some(ResourceRef::new("project", proj)))
-                .allowed
+                .allowed()
         );
         assert!(
             !authz
                 .check(&cid_p, t, p("doc:edit"), Some(ResourceRef::new("doc", doc)))
-                .allowed
+                .allowed()
         );
         // Same id, other type: nothing.
         assert!(
             !authz
                 .check(&bob_p, t, p("doc:edit"), Some(ResourceRef::new("doc", ws)))
-                .allowed
+                .allowed()
         );
 
         // Outsiders, other tenants, unloaded tenants.
         let stranger = Principal::user(UserId::new());
         assert_eq!(
-            authz.check(&stranger, t, p("project:read"), None).reason,
+            authz.check(&stranger, t, p("project:read"), None).reason(),
             Reason::NotMember
         );
         assert_eq!(
-            authz.check(&ann_p, other, p("project:read"), None).reason,
+            authz.check(&ann_p, other, p("project:read"), None).reason(),
             Reason::NotLoaded
         );
 
         // API keys: scopes intersect the owner's permissions; bound to their tenant.
         let key = Principal::api_key(ann, ApiKeyId::new(), t, Arc::from(vec!["project:*".to_owned()]));
-        assert!(authz.check(&key, t, p("project:delete"), None).allowed);
+        assert!(authz.check(&key, t, p("project:delete"), None).allowed());
         assert_eq!(
-            authz.check(&key, t, p("billing:manage"), None).reason,
+            authz.check(&key, t, p("billing:manage"), None).reason(),
             Reason::OutOfScope
         );
         let bobs_key = Principal::api_key(bob, ApiKeyId::new(), t, Arc::from(vec!["*".to_owned()]));
         assert!(
-            !authz.check(&bobs_key, t, p("project:delete"), None).allowed,
+            !authz.check(&bobs_key, t, p("project:delete"), None).allowed(),
             "scopes never add"
         );
         let foreign = Principal::api_key(ann, ApiKeyId::new(), other, Arc::from(vec!["*".to_owned()]));
         assert_eq!(
-            authz.check(&foreign, t, p("project:read"), None).reason,
+            authz.check(&foreign, t, p("project:read"), None).reason(),
             Reason::NotMember
         );
 

@@ -18,6 +18,46 @@ pub const MAX_DEPTH: usize = 8;
 
 pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
 
+/// Maps keyed by our UUIDv7 ids: the ids end in 62 random bits drawn by the server, so
+/// hashing them is one multiply instead of a pass over 16 bytes.
+pub(crate) type IdMap<K, V> = HashMap<K, V, IdHash>;
+
+#[derive(Clone, Copy, Default, Debug)]
+pub(crate) struct IdHash;
+
+impl std::hash::BuildHasher for IdHash {
+    type Hasher = IdHasher;
+    #[inline]
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher(0)
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        // The random tail of a UUID (or the tail of whatever else is written).
+        let mut tail = [0u8; 8];
+        let n = bytes.len().min(8);
+        tail[..n].copy_from_slice(&bytes[bytes.len() - n..]);
+        self.0 = (self.0.rotate_left(23) ^ u64::from_le_bytes(tail)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+    /// Length prefixes of fixed-size ids carry nothing.
+    #[inline]
+    fn write_usize(&mut self, _: usize) {}
+    #[inline]
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(23) ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 /// A set of permissions, one bit each.
 #[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct PermSet([u64; 4]);
@@ -69,6 +109,7 @@ impl fmt::Debug for PermSet {
 
 /// A registered permission: a bit position. Get one with [`Permissions::get`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(transparent)]
 pub struct Permission(pub(crate) u16);
 
 /// Why a model, a role or a name was refused.
@@ -466,7 +507,7 @@ pub(crate) struct CompiledGrant {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct TenantPolicy {
     pub(crate) roles: Vec<CompiledRole>,
-    pub(crate) members: FastMap<UserId, u64>,
+    pub(crate) members: IdMap<UserId, u64>,
     pub(crate) grants: FastMap<ResourceRef, Vec<CompiledGrant>>,
     pub(crate) parents: FastMap<ResourceRef, ResourceRef>,
 }

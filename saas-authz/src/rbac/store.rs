@@ -11,10 +11,10 @@ use serde_json::json;
 use sqlx::Row;
 use uuid::Uuid;
 
+use super::Authz;
 use super::model::{
     CompiledGrant, Model, ModelError, RoleDef, Subject, TenantPolicy, compile_roles, kind_of, valid_role_name,
 };
-use super::{Authz, Tenants};
 use crate::membership::acting_rank;
 use crate::notify;
 use crate::role::{self, MANAGER_RANK};
@@ -274,19 +274,18 @@ impl Authz {
         let _one_at_a_time = self.inner.loading.lock().await;
         let data = load_data(pool, tenant).await?;
         let policy = Arc::new(compile_tenant(&self.inner.model, &data)?);
-        let mut map: Tenants = (**self.inner.tenants.load()).clone();
-        map.insert(tenant, policy);
-        self.inner.tenants.store(Arc::new(map));
+        self.inner.update(|map| {
+            map.insert(tenant, policy.clone());
+        });
         Ok(())
     }
 
     /// Forgets `tenant`'s policy (it is loaded again on next use).
     pub fn evict(&self, tenant: TenantId) {
-        let current = self.inner.tenants.load();
-        if current.contains_key(&tenant) {
-            let mut map: Tenants = (**current).clone();
-            map.remove(&tenant);
-            self.inner.tenants.store(Arc::new(map));
+        if self.is_loaded(tenant) {
+            self.inner.update(|map| {
+                map.remove(&tenant);
+            });
         }
     }
 

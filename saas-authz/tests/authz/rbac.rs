@@ -38,7 +38,7 @@ async fn same_answers_as_casbin_on_100k_random_queries() {
     for (i, q) in w.queries(100_000, 7).into_iter().enumerate() {
         let ours = authz
             .check(&principals[q.user], w.tenants[q.tenant], perms[q.permission], None)
-            .allowed;
+            .allowed();
         let req = w.casbin_request(q);
         let theirs = cached.enforce(req.clone()).unwrap();
         assert_eq!(ours, theirs, "query {i}: {q:?} {req:?}");
