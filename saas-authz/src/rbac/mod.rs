@@ -25,6 +25,7 @@
 //! assert_eq!(authz.explain(acme, &no).roles, ["viewer"]);
 //! ```
 
+mod index;
 mod layer;
 mod model;
 mod store;
@@ -66,7 +67,9 @@ pub enum Reason {
     OutOfScope,
     /// The principal holds no role in this tenant (or its credential is for another).
     NotMember,
-    /// The tenant's policy is not loaded in this process (call [`Authz::ensure`]).
+    /// The tenant's policy is not loaded in this process (call [`Authz::ensure`]). Checks
+    /// without a resource report this as [`NotMember`](Self::NotMember), and
+    /// [`Authz::explain`] says which it was.
     NotLoaded,
 }
 
@@ -193,33 +196,32 @@ impl Access {
 #[derive(Clone, Default)]
 pub(crate) struct Tenants {
     policies: model::IdMap<TenantId, Arc<TenantPolicy>>,
-    members: model::IdMap<(TenantId, UserId), MemberEntry>,
-}
-
-#[derive(Clone, Copy)]
-struct MemberEntry {
-    mask: u64,
-    perms: PermSet,
+    members: index::MemberIndex,
 }
 
 impl Tenants {
+    /// Adds or replaces a tenant; call [`reindex`](Self::reindex) when done changing.
     pub(crate) fn insert(&mut self, tenant: TenantId, policy: Arc<TenantPolicy>) {
-        self.remove(&tenant);
-        for (user, mask) in &policy.members {
-            let perms = (0..policy.roles.len())
-                .filter(|i| mask & (1 << i) != 0)
-                .fold(PermSet::EMPTY, |acc, i| acc.union(policy.roles[i].perms));
-            self.members.insert((tenant, *user), MemberEntry { mask: *mask, perms });
-        }
         self.policies.insert(tenant, policy);
     }
 
+    /// Drops a tenant; call [`reindex`](Self::reindex) when done changing.
     pub(crate) fn remove(&mut self, tenant: &TenantId) {
-        if let Some(old) = self.policies.remove(tenant) {
-            for user in old.members.keys() {
-                self.members.remove(&(*tenant, *user));
-            }
-        }
+        self.policies.remove(tenant);
+    }
+
+    /// Rebuilds the member index from every tenant's policy (O(members); changes are rare).
+    pub(crate) fn reindex(&mut self) {
+        let len = self.policies.values().map(|p| p.members.len()).sum();
+        let entries = self.policies.iter().flat_map(|(tenant, policy)| {
+            policy.members.iter().map(move |(user, mask)| {
+                let perms = (0..policy.roles.len())
+                    .filter(|i| mask & (1 << i) != 0)
+                    .fold(PermSet::EMPTY, |acc, i| acc.union(policy.roles[i].perms));
+                (*tenant, *user, *mask, perms)
+            })
+        });
+        self.members = index::MemberIndex::build(len, entries);
     }
 
     fn get(&self, tenant: &TenantId) -> Option<&Arc<TenantPolicy>> {
@@ -254,6 +256,7 @@ impl Inner {
         self.tenants.rcu(|current| {
             let mut next: Tenants = (**current).clone();
             f(&mut next);
+            next.reindex();
             next
         });
         self.version.fetch_add(1, Ordering::Release);
@@ -303,6 +306,7 @@ impl Authz {
         for (id, data) in tenants {
             map.insert(id, Arc::new(store::compile_tenant(&authz.inner.model, &data)?));
         }
+        map.reindex();
         authz.inner.tenants.store(Arc::new(map));
         authz.inner.version.fetch_add(1, Ordering::Release);
         Ok(authz)
@@ -394,17 +398,30 @@ impl Authz {
         {
             return Decision::deny(permission, Reason::OutOfScope, 0);
         }
-        let member = tenants.members.get(&(tenant, principal.user_id));
-        if let Some(m) = member
-            && m.perms.contains(permission)
-        {
-            return Decision::new(true, permission, Reason::Role, m.mask);
+        let member = tenants.members.get(tenant, principal.user_id);
+        if let Some(m) = member {
+            let includes = match m.includes(permission) {
+                Some(yes) => yes,
+                // Beyond the slot's bits: ask the roles.
+                None => tenants.get(&tenant).is_some_and(|policy| {
+                    (0..policy.roles.len())
+                        .any(|i| m.mask & (1 << i) != 0 && policy.roles[i].perms.contains(permission))
+                }),
+            };
+            if includes {
+                return Decision::new(true, permission, Reason::Role, m.mask);
+            }
         }
         let held = member.map_or(0, |m| m.mask);
-        // A member without the permission and no resource to look at: nothing else to
-        // read (the union of their roles said no).
-        if member.is_some() && resource.is_none() {
-            return Decision::deny(permission, Reason::Missing, held);
+        // No resource to look at: nothing else to read. (A tenant that is not loaded also
+        // lands here as "not a member"; `explain` tells the two apart.)
+        if resource.is_none() {
+            let reason = if member.is_some() {
+                Reason::Missing
+            } else {
+                Reason::NotMember
+            };
+            return Decision::deny(permission, reason, held);
         }
         let Some(policy) = tenants.get(&tenant) else {
             return Decision::deny(permission, Reason::NotLoaded, 0);
@@ -487,6 +504,7 @@ impl Authz {
             }
             Reason::Missing => format!("no role held includes {permission}"),
             Reason::OutOfScope => format!("the API key's scopes do not include {permission}"),
+            Reason::NotMember if policy.is_none() => "the tenant's policy is not loaded".to_owned(),
             Reason::NotMember => "the principal holds no role in this tenant".to_owned(),
             Reason::NotLoaded => "the tenant's policy is not loaded".to_owned(),
         };
@@ -694,10 +712,9 @@ mod tests {
             authz.check(&stranger, t, p("project:read"), None).reason(),
             Reason::NotMember
         );
-        assert_eq!(
-            authz.check(&ann_p, other, p("project:read"), None).reason(),
-            Reason::NotLoaded
-        );
+        let d = authz.check(&ann_p, other, p("project:read"), None);
+        assert!(!d.allowed());
+        assert_eq!(authz.explain(other, &d).reason, "the tenant's policy is not loaded");
 
         // API keys: scopes intersect the owner's permissions; bound to their tenant.
         let key = Principal::api_key(ann, ApiKeyId::new(), t, Arc::from(vec!["project:*".to_owned()]));
@@ -745,6 +762,28 @@ mod tests {
             Access::sql_condition("p.id", 1),
             "($1::uuid[] IS NULL OR p.id = ANY($1::uuid[]))"
         );
+    }
+
+    #[test]
+    fn permissions_beyond_the_fast_bits_are_answered_from_the_roles() {
+        let names: Vec<String> = (0..200).map(|i| format!("r{}:a{}", i / 10, i % 10)).collect();
+        let model = Model::new(&names).unwrap();
+        let (t, ann) = (TenantId::new(), UserId::new());
+        let mut data = TenantData::default();
+        data.roles.push(RoleDef::new("wide", ["r0:a1", "r19:a9", "r15:*"]));
+        data.members.push((ann, vec!["wide".into()]));
+        let authz = Authz::in_memory(model, [(t, data)]).unwrap();
+        let ann = Principal::user(ann);
+        for (name, expected) in [
+            ("r0:a1", true),
+            ("r0:a2", false),
+            ("r19:a9", true),
+            ("r19:a8", false),
+            ("r15:a3", true),
+        ] {
+            let d = authz.check(&ann, t, authz.permission(name).unwrap(), None);
+            assert_eq!(d.allowed(), expected, "{name}");
+        }
     }
 
     #[test]

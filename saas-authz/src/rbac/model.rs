@@ -89,6 +89,11 @@ impl PermSet {
     pub fn is_subset(&self, other: &PermSet) -> bool {
         self.0.iter().zip(other.0.iter()).all(|(a, b)| a & !b == 0)
     }
+    /// The `i`th 64-bit word of the set.
+    #[inline]
+    pub(crate) fn word(&self, i: usize) -> u64 {
+        self.0[i]
+    }
     /// Whether the set is empty.
     pub fn is_empty(&self) -> bool {
         self.0 == [0; 4]
