@@ -68,7 +68,7 @@ impl MemberIndex {
         Self { slots, shift }
     }
 
-    #[inline]
+    #[inline(always)]
     pub(crate) fn get(&self, tenant: TenantId, user: UserId) -> Option<&Slot> {
         if self.slots.is_empty() {
             return None;

@@ -350,7 +350,7 @@ impl Authz {
 
     /// Checks `permission` for `principal` in `tenant`, on `resource` if given. Takes no
     /// lock and allocates nothing.
-    #[inline]
+    #[inline(always)]
     pub fn check(
         &self,
         principal: &Principal,
@@ -363,7 +363,7 @@ impl Authz {
 
     /// Runs `f` on the newest snapshot through this thread's copy (refreshed when the
     /// version moved): no lock, no reference-count traffic on the usual path.
-    #[inline]
+    #[inline(always)]
     fn with_snapshot<R>(&self, f: impl FnOnce(&Tenants) -> R) -> R {
         let id = Arc::as_ptr(&self.inner) as usize;
         let version = self.inner.version.load(Ordering::Acquire);
@@ -381,8 +381,36 @@ impl Authz {
         })
     }
 
-    #[inline]
+    /// The fast path, inlined: a member slot that answers by itself. Everything else
+    /// (scopes, foreign credentials, permissions beyond the slot, resources) goes to
+    /// [`check_slow`](Self::check_slow).
+    #[inline(always)]
     fn check_in(
+        &self,
+        tenants: &Tenants,
+        principal: &Principal,
+        tenant: TenantId,
+        permission: Permission,
+        resource: Option<ResourceRef>,
+    ) -> Decision {
+        if principal.tenant_id.is_none() && principal.scopes.is_none() {
+            let member = tenants.members.get(tenant, principal.user_id);
+            match member.map(|m| (m.mask, m.includes(permission))) {
+                Some((mask, Some(true))) => return Decision::new(true, permission, Reason::Role, mask),
+                Some((mask, Some(false))) if resource.is_none() => {
+                    return Decision::deny(permission, Reason::Missing, mask);
+                }
+                // A tenant that is not loaded also lands here as "not a member";
+                // `explain` tells the two apart.
+                None if resource.is_none() => return Decision::deny(permission, Reason::NotMember, 0),
+                _ => {}
+            }
+        }
+        self.check_slow(tenants, principal, tenant, permission, resource)
+    }
+
+    #[inline(never)]
+    fn check_slow(
         &self,
         tenants: &Tenants,
         principal: &Principal,
@@ -413,23 +441,18 @@ impl Authz {
             }
         }
         let held = member.map_or(0, |m| m.mask);
-        // No resource to look at: nothing else to read. (A tenant that is not loaded also
-        // lands here as "not a member"; `explain` tells the two apart.)
-        if resource.is_none() {
+        let Some(r) = resource else {
             let reason = if member.is_some() {
                 Reason::Missing
             } else {
                 Reason::NotMember
             };
             return Decision::deny(permission, reason, held);
-        }
+        };
         let Some(policy) = tenants.get(&tenant) else {
             return Decision::deny(permission, Reason::NotLoaded, 0);
         };
-        match resource {
-            Some(r) => grants(policy, principal.user_id, held, permission, r),
-            None => Decision::deny(permission, Reason::NotMember, 0),
-        }
+        grants(policy, principal.user_id, held, permission, r)
     }
 
     /// [`check`](Self::check) by permission name, on the resource of the permission's type
