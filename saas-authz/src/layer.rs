@@ -9,8 +9,9 @@ use bytes::Bytes;
 use http::header::{AUTHORIZATION, HeaderName};
 use http::{HeaderMap, Request, Response};
 use moka::sync::Cache;
+use saas_core::service::{Gate, GateLayer, GateService};
 use saas_core::telemetry::RequestSpan;
-use saas_core::{IntoProblem, Principal};
+use saas_core::{IntoProblem, Principal, Problem};
 use tower::{Layer, Service};
 
 use crate::error::AuthError;
@@ -244,65 +245,33 @@ impl Authenticator {
 impl<S> Layer<S> for AuthenticateLayer {
     type Service = Authenticate<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Authenticate {
-            inner,
-            auth: self.inner.clone(),
-        }
+        GateLayer::new(self.clone()).layer(inner)
     }
 }
 
 /// The service made by [`AuthenticateLayer`].
-#[derive(Clone)]
-pub struct Authenticate<S> {
-    inner: S,
-    auth: Arc<Authenticator>,
-}
+pub type Authenticate<S> = GateService<S, AuthenticateLayer>;
 
-impl<S> std::fmt::Debug for Authenticate<S> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Authenticate").finish_non_exhaustive()
-    }
-}
-
-impl<S, ReqB, ResB> Service<Request<ReqB>> for Authenticate<S>
-where
-    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    ReqB: Send + 'static,
-    ResB: From<Bytes> + Send + 'static,
-{
-    type Response = Response<ResB>;
-    type Error = S::Error;
-    type Future = saas_core::service::BoxResponseFuture<Self::Response, Self::Error>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let mut inner = saas_core::service::take_ready(&mut self.inner);
-        let auth = self.auth.clone();
-        Box::pin(async move {
-            let (mut parts, body) = req.into_parts();
-            match auth.authenticate(&parts.headers).await {
-                Ok(Some((principal, identity))) => {
-                    if let Some(span) = parts.extensions.get::<RequestSpan>() {
-                        span.record_user(principal.user_id);
-                    }
-                    if let Some(identity) = identity {
-                        parts.extensions.insert(identity);
-                    }
-                    parts.extensions.insert(principal);
+impl Gate for AuthenticateLayer {
+    async fn admit(&self, parts: &mut http::request::Parts) -> Result<(), Problem> {
+        match self.inner.authenticate(&parts.headers).await {
+            Ok(Some((principal, identity))) => {
+                if let Some(span) = parts.extensions.get::<RequestSpan>() {
+                    span.record_user(principal.user_id);
                 }
-                Ok(None) if auth.is_anonymous(parts.uri.path()) => {}
-                Ok(None) => return Ok(AuthError::Missing.to_problem().into_http()),
-                Err(e) => {
-                    tracing::info!(error = %e, "authentication failed");
-                    return Ok(e.to_problem().into_http());
+                if let Some(identity) = identity {
+                    parts.extensions.insert(identity);
                 }
+                parts.extensions.insert(principal);
+                Ok(())
             }
-            inner.call(Request::from_parts(parts, body)).await
-        })
+            Ok(None) if self.inner.is_anonymous(parts.uri.path()) => Ok(()),
+            Ok(None) => Err(AuthError::Missing.to_problem()),
+            Err(e) => {
+                tracing::info!(error = %e, "authentication failed");
+                Err(e.to_problem())
+            }
+        }
     }
 }
 

@@ -13,3 +13,71 @@ pub fn take_ready<S: Clone>(service: &mut S) -> S {
     let clone = service.clone();
     std::mem::replace(service, clone)
 }
+
+/// A middleware that decides, asynchronously and from the request head alone, whether a
+/// request goes on: it may add to the extensions, or answer with a problem instead.
+/// Authentication, the tenant layer and permission checks are gates; [`GateLayer`] turns
+/// one into a tower layer.
+pub trait Gate: Clone + Send + Sync + 'static {
+    /// Admits the request (possibly after adding extensions) or refuses it with a problem.
+    fn admit(&self, parts: &mut http::request::Parts) -> impl Future<Output = Result<(), crate::Problem>> + Send;
+}
+
+/// The layer of a [`Gate`].
+#[derive(Debug, Clone)]
+pub struct GateLayer<G> {
+    gate: G,
+}
+
+impl<G> GateLayer<G> {
+    /// A layer applying `gate`.
+    pub fn new(gate: G) -> Self {
+        Self { gate }
+    }
+}
+
+impl<S, G: Clone> tower::Layer<S> for GateLayer<G> {
+    type Service = GateService<S, G>;
+    fn layer(&self, inner: S) -> Self::Service {
+        GateService {
+            inner,
+            gate: self.gate.clone(),
+        }
+    }
+}
+
+/// The service of a [`GateLayer`]: runs the gate, then the inner service or the problem.
+#[derive(Debug, Clone)]
+pub struct GateService<S, G> {
+    inner: S,
+    gate: G,
+}
+
+impl<S, G, ReqB, ResB> tower::Service<http::Request<ReqB>> for GateService<S, G>
+where
+    S: tower::Service<http::Request<ReqB>, Response = http::Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    G: Gate,
+    ReqB: Send + 'static,
+    ResB: From<bytes::Bytes> + Send + 'static,
+{
+    type Response = http::Response<ResB>;
+    type Error = S::Error;
+    type Future = BoxResponseFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<ReqB>) -> Self::Future {
+        let mut inner = take_ready(&mut self.inner);
+        let gate = self.gate.clone();
+        Box::pin(async move {
+            let (mut parts, body) = req.into_parts();
+            match gate.admit(&mut parts).await {
+                Ok(()) => inner.call(http::Request::from_parts(parts, body)).await,
+                Err(problem) => Ok(problem.into_http()),
+            }
+        })
+    }
+}

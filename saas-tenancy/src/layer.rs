@@ -2,15 +2,14 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use http::StatusCode;
 use http::request::Parts;
-use http::{Request, Response, StatusCode};
 use saas_core::problem::{IntoProblem, Problem};
+use saas_core::service::{Gate, GateLayer, GateService};
 use saas_core::telemetry::RequestSpan;
 use saas_core::{Principal, SupportSessionId, TenantId};
-use tower::{Layer, Service};
+use tower::Layer;
 
 use crate::resolve::{TenantRef, TenantResolver};
 use crate::support::{SupportDenial, SupportSessions};
@@ -198,33 +197,37 @@ impl<R, St, M> std::fmt::Debug for TenantLayer<R, St, M> {
 impl<S, R: Clone, St: Clone, M: Clone> Layer<S> for TenantLayer<R, St, M> {
     type Service = TenantService<S, R, St, M>;
     fn layer(&self, inner: S) -> Self::Service {
-        TenantService {
-            inner,
-            config: self.clone(),
-        }
+        GateLayer::new(self.clone()).layer(inner)
     }
 }
 
 /// The service made by [`TenantLayer`].
-#[derive(Clone)]
-pub struct TenantService<S, R, St, M> {
-    inner: S,
-    config: TenantLayer<R, St, M>,
-}
-
-impl<S, R, St, M> std::fmt::Debug for TenantService<S, R, St, M> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TenantService").finish_non_exhaustive()
-    }
-}
+pub type TenantService<S, R, St, M> = GateService<S, TenantLayer<R, St, M>>;
 
 enum Admission {
     Admit(TenantContext),
     Reject(Problem),
 }
 
+impl<R: TenantResolver, St: TenantStore, M: MembershipCheck> Gate for TenantLayer<R, St, M> {
+    async fn admit(&self, parts: &mut Parts) -> Result<(), Problem> {
+        match self.decide(parts).await {
+            Admission::Reject(problem) => Err(problem),
+            Admission::Admit(ctx) => {
+                if let Some(span) = parts.extensions.get::<RequestSpan>() {
+                    span.record_tenant(ctx.id());
+                }
+                // The bare id too, for layers that cannot name this crate (rate limits).
+                parts.extensions.insert(ctx.id());
+                parts.extensions.insert(ctx);
+                Ok(())
+            }
+        }
+    }
+}
+
 impl<R: TenantResolver, St: TenantStore, M: MembershipCheck> TenantLayer<R, St, M> {
-    async fn admit(&self, parts: &Parts) -> Admission {
+    async fn decide(&self, parts: &Parts) -> Admission {
         let reject = Admission::Reject;
         let reference = match self.resolver.resolve(parts).await {
             Ok(Some(r)) => r,
@@ -301,46 +304,6 @@ impl<R: TenantResolver, St: TenantStore, M: MembershipCheck> TenantLayer<R, St, 
         Admission::Admit(TenantContext {
             tenant: Arc::new(tenant),
             support_session,
-        })
-    }
-}
-
-impl<S, R, St, M, ReqB, ResB> Service<Request<ReqB>> for TenantService<S, R, St, M>
-where
-    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    R: TenantResolver,
-    St: TenantStore,
-    M: MembershipCheck,
-    ReqB: Send + 'static,
-    ResB: From<Bytes> + Send + 'static,
-{
-    type Response = Response<ResB>;
-    type Error = S::Error;
-    type Future = saas_core::service::BoxResponseFuture<Self::Response, Self::Error>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        // The ready service goes with this request; a fresh clone waits for the next.
-        let mut inner = saas_core::service::take_ready(&mut self.inner);
-        let config = self.config.clone();
-        Box::pin(async move {
-            let (mut parts, body) = req.into_parts();
-            match config.admit(&parts).await {
-                Admission::Reject(problem) => Ok(problem.into_http()),
-                Admission::Admit(ctx) => {
-                    if let Some(span) = parts.extensions.get::<RequestSpan>() {
-                        span.record_tenant(ctx.id());
-                    }
-                    // The bare id too, for layers that cannot name this crate (rate limits).
-                    parts.extensions.insert(ctx.id());
-                    parts.extensions.insert(ctx);
-                    inner.call(Request::from_parts(parts, body)).await
-                }
-            }
         })
     }
 }

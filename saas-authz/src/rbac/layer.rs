@@ -1,12 +1,9 @@
 //! `RequirePermission`: a route layer answering 403 `permission-denied` unless the
 //! principal holds a permission in the request's tenant.
 
-use std::task::{Context, Poll};
-
-use bytes::Bytes;
-use http::{Request, Response};
+use saas_core::service::{Gate, GateLayer, GateService};
 use saas_core::{IntoProblem, Principal, Problem, TenantId};
-use tower::{Layer, Service};
+use tower::Layer;
 
 use super::{Authz, Permission};
 use crate::error::AuthError;
@@ -36,61 +33,32 @@ impl RequirePermission {
 impl<S> Layer<S> for RequirePermission {
     type Service = RequirePermissionService<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        RequirePermissionService {
-            inner,
-            config: self.clone(),
-        }
+        GateLayer::new(self.clone()).layer(inner)
     }
 }
 
 /// The service made by [`RequirePermission`].
-#[derive(Debug, Clone)]
-pub struct RequirePermissionService<S> {
-    inner: S,
-    config: RequirePermission,
-}
+pub type RequirePermissionService<S> = GateService<S, RequirePermission>;
 
-impl<S, ReqB, ResB> Service<Request<ReqB>> for RequirePermissionService<S>
-where
-    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    ReqB: Send + 'static,
-    ResB: From<Bytes> + Send + 'static,
-{
-    type Response = Response<ResB>;
-    type Error = S::Error;
-    type Future = saas_core::service::BoxResponseFuture<Self::Response, Self::Error>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let mut inner = saas_core::service::take_ready(&mut self.inner);
-        let config = self.config.clone();
-        Box::pin(async move {
-            let Some(principal) = req.extensions().get::<Principal>().cloned() else {
-                return Ok(AuthError::Missing.to_problem().into_http());
-            };
-            let Some(tenant) = req.extensions().get::<TenantId>().copied() else {
-                return Ok(Problem::internal()
-                    .with_internal("RequirePermission needs TenantLayer before it")
-                    .into_http());
-            };
-            if let Err(e) = config.authz.ensure(tenant).await {
-                return Ok(e.to_problem().into_http());
-            }
-            let decision = config.authz.check(&principal, tenant, config.permission, None);
-            if !decision.allowed() {
-                let why = config.authz.explain(tenant, &decision);
-                tracing::info!(
-                    user_id = %principal.user_id, tenant_id = %tenant, permission = config.name,
-                    reason = %why.reason, roles = ?why.roles, "permission denied"
-                );
-                return Ok(super::permission_denied(config.name).into_http());
-            }
-            inner.call(req).await
-        })
+impl Gate for RequirePermission {
+    async fn admit(&self, parts: &mut http::request::Parts) -> Result<(), Problem> {
+        let Some(principal) = parts.extensions.get::<Principal>() else {
+            return Err(AuthError::Missing.to_problem());
+        };
+        let Some(tenant) = parts.extensions.get::<TenantId>().copied() else {
+            return Err(Problem::internal().with_internal("RequirePermission needs TenantLayer before it"));
+        };
+        self.authz.ensure(tenant).await.map_err(|e| e.to_problem())?;
+        let decision = self.authz.check(principal, tenant, self.permission, None);
+        if decision.allowed() {
+            return Ok(());
+        }
+        let why = self.authz.explain(tenant, &decision);
+        tracing::info!(
+            user_id = %principal.user_id, tenant_id = %tenant, permission = self.name,
+            reason = %why.reason, roles = ?why.roles, "permission denied"
+        );
+        Err(super::permission_denied(self.name))
     }
 }
 
