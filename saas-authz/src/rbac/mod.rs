@@ -73,59 +73,61 @@ pub enum Reason {
     NotLoaded,
 }
 
-/// The answer to a check. Small and `Copy`; allocation-free to produce.
+/// The answer to a check: one machine word, `Copy`, allocation-free to produce.
 ///
-/// Two machine words (the role mask, and the rest packed), so that it travels in
-/// registers and aligned moves: a struct of odd-sized fields made the compiler copy it
-/// with overlapping stores that stalled every check.
+/// Packed into a `u64` (role mask in the low 32 bits, then allowed, reason, role, depth
+/// and permission) so that it travels in one register: a two-word or odd-sized struct
+/// was copied through the stack with partial stores that stalled the load after them.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub struct Decision {
-    held: u64,
-    /// allowed (bits 0-7), permission (8-23), reason tag (24-31), role (32-39), depth (40-47)
-    packed: u64,
-}
+pub struct Decision(u64);
+
+const ALLOWED: u64 = 1 << 32;
 
 impl Decision {
-    #[inline]
+    #[inline(always)]
     fn new(allowed: bool, permission: Permission, reason: Reason, held: u64) -> Self {
-        let (tag, a, b): (u64, u64, u64) = match reason {
+        let (tag, role, depth): (u64, u64, u64) = match reason {
             Reason::Role => (0, 0, 0),
-            Reason::Grant { role, depth } => (1, u64::from(role), u64::from(depth)),
+            Reason::Grant { role, depth } => (1, u64::from(role & 31), u64::from(depth & 7)),
             Reason::Missing => (2, 0, 0),
             Reason::OutOfScope => (3, 0, 0),
             Reason::NotMember => (4, 0, 0),
             Reason::NotLoaded => (5, 0, 0),
         };
-        Self {
-            held,
-            packed: u64::from(allowed) | u64::from(permission.0) << 8 | tag << 24 | a << 32 | b << 40,
-        }
+        Self(
+            (held & 0xffff_ffff)
+                | if allowed { ALLOWED } else { 0 }
+                | tag << 33
+                | role << 36
+                | depth << 41
+                | u64::from(permission.0 & 0xff) << 48,
+        )
     }
 
-    #[inline]
+    #[inline(always)]
     fn deny(permission: Permission, reason: Reason, held: u64) -> Self {
         Self::new(false, permission, reason, held)
     }
 
     /// Whether the action is allowed.
-    #[inline]
+    #[inline(always)]
     pub fn allowed(&self) -> bool {
-        self.packed & 0xff != 0
+        self.0 & ALLOWED != 0
     }
 
     /// The permission checked.
     #[inline]
     pub fn permission(&self) -> Permission {
-        Permission((self.packed >> 8) as u16)
+        Permission(((self.0 >> 48) & 0xff) as u16)
     }
 
     /// Why.
     pub fn reason(&self) -> Reason {
-        let a = (self.packed >> 32) as u8;
-        let b = (self.packed >> 40) as u8;
-        match (self.packed >> 24) as u8 {
+        let role = ((self.0 >> 36) & 31) as u8;
+        let depth = ((self.0 >> 41) & 7) as u8;
+        match (self.0 >> 33) & 7 {
             0 => Reason::Role,
-            1 => Reason::Grant { role: a, depth: b },
+            1 => Reason::Grant { role, depth },
             2 => Reason::Missing,
             3 => Reason::OutOfScope,
             4 => Reason::NotMember,
@@ -136,7 +138,7 @@ impl Decision {
     /// The role mask the principal holds in the tenant (bit `i` = the tenant's role `i`).
     #[inline]
     pub fn held(&self) -> u64 {
-        self.held
+        self.0 & 0xffff_ffff
     }
 }
 
@@ -146,7 +148,7 @@ impl std::fmt::Debug for Decision {
             .field("allowed", &self.allowed())
             .field("permission", &self.permission())
             .field("reason", &self.reason())
-            .field("held", &format_args!("{:#x}", self.held))
+            .field("held", &format_args!("{:#x}", self.held()))
             .finish()
     }
 }

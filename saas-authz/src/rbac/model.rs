@@ -11,9 +11,11 @@ use crate::role::{ADMIN, MEMBER, OWNER, VIEWER};
 
 /// The most permissions a model registers.
 pub const MAX_PERMISSIONS: usize = 256;
-/// The most roles (built-in and custom) one tenant has.
-pub const MAX_ROLES: usize = 64;
-/// How far a grant is inherited down a parent chain.
+const _: () = assert!(MAX_PERMISSIONS <= 256, "a Decision stores the permission in 8 bits");
+/// The most roles (built-in and custom) one tenant has: a member's roles are a 32-bit
+/// mask carried whole in every [`Decision`](super::Decision).
+pub const MAX_ROLES: usize = 32;
+/// How far a grant is inherited down a parent chain (the resource and 7 ancestors).
 pub const MAX_DEPTH: usize = 8;
 
 pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
