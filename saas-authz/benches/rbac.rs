@@ -1,10 +1,9 @@
 //! RBAC checks: saas-authz against casbin-rs (`Enforcer` and `CachedEnforcer`) on the
 //! identical `rbac_with_domains` workload: `N` policy rules, N/10 users in N/100 tenants,
 //! five roles per tenant with some inheritance, 1,024 fixed-seed checks (allowed and
-//! denied) cycled through. The engines are first checked to agree (10,000 queries at
+//! denied) cycled through. Before casbin is measured, the engines are checked to agree (10,000 queries at
 //! 1k rules, 2,000 at 10k, 1,100 at 100k: each casbin cache miss is a full evaluation).
-//! `RBAC_SIZES=1k,10k` limits the sizes run; `RBAC_FLOOR=1` runs saas-authz alone (and
-//! the same query over and over), without casbin.
+//! `RBAC_SIZES=1k,10k` limits the sizes run; `RBAC_ALONE=1` runs saas-authz without casbin.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../tests/authz/workload.rs"]
@@ -35,32 +34,27 @@ fn bench(c: &mut Criterion) {
         let authz = w.authz();
         let principals = w.principals();
         let perms: Vec<_> = (0..50).map(|i| authz.permission(&permission(i)).unwrap()).collect();
-        if std::env::var("RBAC_FLOOR").is_ok() {
-            let queries = w.queries(1024, 7);
-            let q = queries[0];
-            group.bench_function(BenchmarkId::new("saas_authz_same_query", label), |b| {
-                b.iter(|| {
-                    black_box(authz.check(
-                        black_box(&principals[q.user]),
-                        w.tenants[q.tenant],
-                        perms[q.permission],
-                        None,
-                    ))
-                })
-            });
-            let mut i = 0usize;
-            group.bench_function(BenchmarkId::new("saas_authz", label), |b| {
-                b.iter(|| {
-                    let q = queries[i & 1023];
-                    i = i.wrapping_add(1);
-                    black_box(authz.check(
-                        black_box(&principals[q.user]),
-                        w.tenants[q.tenant],
-                        perms[q.permission],
-                        None,
-                    ))
-                })
-            });
+        let queries = w.queries(1024, 7);
+        println!(
+            "rbac_check/{label}: {} policy rules, {} users, {} tenants",
+            w.rules,
+            w.users.len(),
+            w.tenants.len()
+        );
+        let mut i = 0usize;
+        group.bench_function(BenchmarkId::new("saas_authz", label), |b| {
+            b.iter(|| {
+                let q = queries[i & 1023];
+                i = i.wrapping_add(1);
+                black_box(authz.check(
+                    black_box(&principals[q.user]),
+                    w.tenants[q.tenant],
+                    perms[q.permission],
+                    None,
+                ))
+            })
+        });
+        if std::env::var("RBAC_ALONE").is_ok() {
             continue;
         }
         let (p, g) = w.casbin_rules();
@@ -79,7 +73,6 @@ fn bench(c: &mut Criterion) {
             cached.add_grouping_policies(g).await.unwrap();
             (plain, cached)
         });
-        let queries = w.queries(1024, 7);
         let requests: Vec<_> = queries.iter().map(|q| w.casbin_request(*q)).collect();
         // Agreement first, which also warms the cached enforcer with every benchmarked
         // query (the first 1,024 of the same seed). A cache miss costs a full evaluation,
@@ -107,26 +100,6 @@ fn bench(c: &mut Criterion) {
         for r in &requests {
             cached.enforce_mut(r.clone()).unwrap();
         }
-        println!(
-            "rbac_check/{label}: {} policy rules, {} users, {} tenants",
-            w.rules,
-            w.users.len(),
-            w.tenants.len()
-        );
-
-        let mut i = 0usize;
-        group.bench_function(BenchmarkId::new("saas_authz", label), |b| {
-            b.iter(|| {
-                let q = queries[i & 1023];
-                i = i.wrapping_add(1);
-                black_box(authz.check(
-                    black_box(&principals[q.user]),
-                    w.tenants[q.tenant],
-                    perms[q.permission],
-                    None,
-                ))
-            })
-        });
         let mut i = 0usize;
         group.bench_function(BenchmarkId::new("casbin_cached", label), |b| {
             b.iter(|| {
