@@ -22,9 +22,8 @@ use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 use crate::error::{ApiKeyError, AuthError};
-use crate::membership::acting_rank;
+use crate::membership::require_manager;
 use crate::notify;
-use crate::role::MANAGER_RANK;
 use crate::secret::{self, Secret, Token};
 
 /// What to create.
@@ -228,9 +227,7 @@ impl ApiKeys {
         if new.expires_at.is_some_and(|at| at <= now) {
             return Err(ApiKeyError::ExpiryInPast);
         }
-        if acting_rank(tx, actor).await.map_err(member_to_key_error)? < MANAGER_RANK {
-            return Err(ApiKeyError::Forbidden);
-        }
+        require_manager(tx, actor).await.map_err(member_to_key_error)?;
         let tenant = tx.tenant();
         let id = ApiKeyId::new();
         let token = Token::new(tenant.into_uuid(), id.into_uuid());
@@ -277,9 +274,7 @@ impl ApiKeys {
 
     /// Revokes a key (admins and owners). Revoking a revoked key changes nothing.
     pub async fn revoke(&self, tx: &mut TenantTx, actor: &Principal, id: ApiKeyId) -> Result<ApiKey, ApiKeyError> {
-        if acting_rank(tx, actor).await.map_err(member_to_key_error)? < MANAGER_RANK {
-            return Err(ApiKeyError::Forbidden);
-        }
+        require_manager(tx, actor).await.map_err(member_to_key_error)?;
         let tenant = tx.tenant();
         let now = self.inner.clock.now();
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(

@@ -17,7 +17,7 @@ use serde_json::json;
 use sqlx::{PgConnection, Row};
 
 use crate::error::{InvitationError, MailerError, MemberError};
-use crate::membership::{Member, Memberships, acting_rank};
+use crate::membership::{Member, Memberships, acting_rank, require_manager};
 use crate::role::{self, MANAGER_RANK};
 use crate::secret::{self, Secret, Token};
 use crate::users::Users;
@@ -311,9 +311,7 @@ impl<M: InvitationMailer, L: SeatLimit> Invitations<M, L> {
         actor: &Principal,
         id: InvitationId,
     ) -> Result<Invitation, InvitationError> {
-        if acting_rank(tx, actor).await? < MANAGER_RANK {
-            return Err(MemberError::Forbidden.into());
-        }
+        require_manager(tx, actor).await?;
         let tenant = tx.tenant();
         let now = self.clock.now();
         let token = Token::new(tenant.into_uuid(), id.into_uuid());
@@ -348,9 +346,7 @@ impl<M: InvitationMailer, L: SeatLimit> Invitations<M, L> {
         actor: &Principal,
         id: InvitationId,
     ) -> Result<Invitation, InvitationError> {
-        if acting_rank(tx, actor).await? < MANAGER_RANK {
-            return Err(MemberError::Forbidden.into());
-        }
+        require_manager(tx, actor).await?;
         let tenant = tx.tenant();
         let now = self.clock.now();
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(

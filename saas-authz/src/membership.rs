@@ -262,10 +262,7 @@ impl Memberships {
         settings: AuthSettings,
     ) -> Result<AuthSettings, MemberError> {
         let tenant = tx.tenant();
-        let actor_rank = acting_rank(tx, actor).await?;
-        if actor_rank < MANAGER_RANK {
-            return Err(MemberError::Forbidden);
-        }
+        require_manager(tx, actor).await?;
         let before = Self::settings(tx).await?;
         let now = self.clock.now();
         sqlx::query(
@@ -523,6 +520,14 @@ fn check_grant(actor_rank: u8, roles: &[(String, u8)]) -> Result<(), MemberError
         Some((r, _)) => Err(MemberError::AboveOwnRole(r.clone())),
         None => Ok(()),
     }
+}
+
+/// Refuses unless the actor holds the admin or owner role in the transaction's tenant.
+pub(crate) async fn require_manager(tx: &mut TenantTx, actor: &Principal) -> Result<(), MemberError> {
+    if acting_rank(tx, actor).await? < MANAGER_RANK {
+        return Err(MemberError::Forbidden);
+    }
+    Ok(())
 }
 
 /// The rank the actor acts with in the transaction's tenant: a user's (or support staff

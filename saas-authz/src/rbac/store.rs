@@ -15,9 +15,9 @@ use super::Authz;
 use super::model::{
     CompiledGrant, Model, ModelError, RoleDef, Subject, TenantPolicy, compile_roles, kind_of, valid_role_name,
 };
-use crate::membership::acting_rank;
+use crate::membership::require_manager;
 use crate::notify;
-use crate::role::{self, MANAGER_RANK};
+use crate::role;
 
 saas_core::define_id!(
     /// A resource grant.
@@ -358,10 +358,7 @@ impl Authz {
     }
 
     async fn manager(&self, tx: &mut TenantTx, actor: &Principal) -> Result<(), RbacError> {
-        if acting_rank(tx, actor).await? < MANAGER_RANK {
-            return Err(RbacError::Forbidden);
-        }
-        Ok(())
+        Ok(require_manager(tx, actor).await?)
     }
 
     fn within(&self, held: super::PermSet, perms: super::PermSet) -> Result<(), RbacError> {
@@ -521,9 +518,7 @@ impl Authz {
     /// Removes a grant (admins and owners). Audited.
     pub async fn revoke_grant(&self, tx: &mut TenantTx, actor: &Principal, id: GrantId) -> Result<(), RbacError> {
         let tenant = tx.tenant();
-        if acting_rank(tx, actor).await? < MANAGER_RANK {
-            return Err(RbacError::Forbidden);
-        }
+        self.manager(tx, actor).await?;
         let row = sqlx::query(
             "DELETE FROM saas.resource_grants WHERE tenant_id = $1 AND id = $2 \
              RETURNING resource_type, resource_id, user_id, role_subject, role, inherit",
