@@ -17,8 +17,8 @@ use serde_json::json;
 use sqlx::{PgConnection, Row};
 
 use crate::error::{InvitationError, MailerError, MemberError};
-use crate::membership::{Member, Memberships, acting_rank, require_manager};
-use crate::role::{self, MANAGER_RANK};
+use crate::membership::{Member, Memberships, acting_rank, ranked, require_manager};
+use crate::role::MANAGER_RANK;
 use crate::secret::{self, Secret, Token};
 use crate::users::Users;
 
@@ -237,7 +237,8 @@ impl<M: InvitationMailer, L: SeatLimit> Invitations<M, L> {
         role: &str,
     ) -> Result<Invitation, InvitationError> {
         let email = normalise_email(email)?;
-        let rank = role::rank(role).ok_or_else(|| MemberError::UnknownRole(role.to_owned()))?;
+        // Built-in or the tenant's custom role, with its rank.
+        let rank = ranked(tx, &[role]).await?.first().map_or(u8::MAX, |(_, rank)| *rank);
         let actor_rank = acting_rank(tx, actor).await?;
         if actor_rank < MANAGER_RANK {
             return Err(MemberError::Forbidden.into());

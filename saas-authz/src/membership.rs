@@ -110,7 +110,7 @@ fn member_from(row: &sqlx::postgres::PgRow) -> Result<Member, sqlx::Error> {
 
 /// The rank of each role: built-in, or the stored rank of the tenant's custom role;
 /// unknown roles are an error.
-async fn ranked(tx: &mut TenantTx, roles: &[&str]) -> Result<Vec<(String, u8)>, MemberError> {
+pub(crate) async fn ranked(tx: &mut TenantTx, roles: &[&str]) -> Result<Vec<(String, u8)>, MemberError> {
     if roles.is_empty() || roles.len() > 16 {
         return Err(MemberError::NoRoles);
     }

@@ -435,14 +435,16 @@ impl Authz {
         Ok(())
     }
 
-    /// Deletes a custom role that no member or grant uses. Audited.
+    /// Deletes a custom role that no member, grant, role or pending invitation uses. Audited.
     pub async fn delete_role(&self, tx: &mut TenantTx, actor: &Principal, name: &str) -> Result<(), RbacError> {
         let tenant = tx.tenant();
         self.manager(tx, actor).await?;
         let in_use: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM saas.memberships WHERE tenant_id = $1 AND $2 = ANY (roles)) \
                  OR EXISTS (SELECT 1 FROM saas.resource_grants WHERE tenant_id = $1 AND (role = $2 OR role_subject = $2)) \
-                 OR EXISTS (SELECT 1 FROM saas.roles WHERE tenant_id = $1 AND $2 = ANY (includes))",
+                 OR EXISTS (SELECT 1 FROM saas.roles WHERE tenant_id = $1 AND $2 = ANY (includes)) \
+                 OR EXISTS (SELECT 1 FROM saas.invitations WHERE tenant_id = $1 AND role = $2 \
+                            AND accepted_at IS NULL AND revoked_at IS NULL)",
         )
         .bind(tenant)
         .bind(name)

@@ -113,6 +113,21 @@ async fn custom_roles_grants_and_escalation_in_the_database() {
         authz.define_role(&mut tx, &dev, RoleDef::new("y", ["doc:read"])).await,
         Err(RbacError::Forbidden)
     ));
+    // Invitations name custom roles too, under the same rank rule.
+    let invitations = saas_authz::Invitations::new(m.clone(), saas_authz::RecordingMailer::new());
+    let invited = invitations
+        .invite(&mut tx, &admin, "eve@acme.test", "editor")
+        .await
+        .unwrap();
+    assert_eq!(invited.role, "editor");
+    assert!(matches!(
+        invitations.invite(&mut tx, &admin, "mal@acme.test", "biller").await,
+        Err(saas_authz::InvitationError::Member(MemberError::AboveOwnRole(_)))
+    ));
+    assert!(matches!(
+        invitations.invite(&mut tx, &admin, "x@acme.test", "ghost").await,
+        Err(saas_authz::InvitationError::Member(MemberError::UnknownRole(_)))
+    ));
     // The admin cannot hand out the owner-level custom role either.
     assert!(matches!(
         m.set_roles(&mut tx, &admin, dev.user_id, &["biller"]).await,
@@ -166,6 +181,12 @@ async fn custom_roles_grants_and_escalation_in_the_database() {
     assert!(there.for_tenant(acme).require(&dev, "doc:edit", doc).is_ok());
     let mut tx = TenantTx::begin(db.app(), acme).await.unwrap();
     authz.revoke_grant(&mut tx, &admin, grant).await.unwrap();
+    // A pending invitation still names the role: revoke it first.
+    assert!(matches!(
+        authz.delete_role(&mut tx, &admin, "editor").await,
+        Err(RbacError::InUse(_))
+    ));
+    invitations.revoke(&mut tx, &admin, invited.id).await.unwrap();
     assert!(matches!(authz.delete_role(&mut tx, &admin, "editor").await, Ok(())));
     tx.commit().await.unwrap();
     let started = std::time::Instant::now();
