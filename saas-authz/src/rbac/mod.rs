@@ -249,6 +249,9 @@ pub(crate) struct Inner {
     pub(crate) tenants: ArcSwap<Tenants>,
     /// Bumped after every swap, so that each thread knows when its copy is stale.
     pub(crate) version: AtomicU64,
+    /// Unique per evaluator for the process's lifetime (an address could be reused after
+    /// a drop and match a thread's stale copy).
+    pub(crate) id: u64,
     pub(crate) loading: tokio::sync::Mutex<()>,
 }
 
@@ -268,8 +271,10 @@ impl Inner {
 thread_local! {
     /// This thread's copy of the newest snapshot it saw: (evaluator, version, snapshot).
     /// A check compares one atomic version with it and touches no shared reference count.
-    static SNAPSHOT: RefCell<Option<(usize, u64, Arc<Tenants>)>> = const { RefCell::new(None) };
+    static SNAPSHOT: RefCell<Option<(u64, u64, Arc<Tenants>)>> = const { RefCell::new(None) };
 }
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// The evaluator: the model plus every loaded tenant's compiled policy, swapped
 /// atomically on change. Cheap to clone. As an axum extractor (feature `axum`) it comes
@@ -321,6 +326,7 @@ impl Authz {
                 pool,
                 tenants: ArcSwap::from_pointee(Tenants::default()),
                 version: AtomicU64::new(0),
+                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
                 loading: tokio::sync::Mutex::new(()),
             }),
             tenant: None,
@@ -367,7 +373,7 @@ impl Authz {
     /// version moved): no lock, no reference-count traffic on the usual path.
     #[inline(always)]
     fn with_snapshot<R>(&self, f: impl FnOnce(&Tenants) -> R) -> R {
-        let id = Arc::as_ptr(&self.inner) as usize;
+        let id = self.inner.id;
         let version = self.inner.version.load(Ordering::Acquire);
         SNAPSHOT.with(|cell| {
             let mut slot = cell.borrow_mut();
@@ -808,6 +814,20 @@ mod tests {
         ] {
             let d = authz.check(&ann, t, authz.permission(name).unwrap(), None);
             assert_eq!(d.allowed(), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_new_evaluator_never_reads_an_old_ones_snapshot() {
+        let (t, ann) = (TenantId::new(), UserId::new());
+        for allowed in [true, false, true, false] {
+            let mut data = TenantData::default();
+            if allowed {
+                data.members.push((ann, vec!["owner".into()]));
+            }
+            let authz = Authz::in_memory(model(), [(t, data)]).unwrap();
+            let p = authz.permission("project:read").unwrap();
+            assert_eq!(authz.check(&Principal::user(ann), t, p, None).allowed(), allowed);
         }
     }
 
