@@ -36,10 +36,6 @@ pub struct Member {
 }
 
 impl Member {
-    /// The highest rank among the member's roles.
-    pub fn rank(&self) -> u8 {
-        role::max_rank(&self.roles)
-    }
     /// Whether the member holds `role`.
     pub fn has_role(&self, role: &str) -> bool {
         self.roles.iter().any(|r| r == role)
