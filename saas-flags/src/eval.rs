@@ -1,0 +1,410 @@
+//! Evaluation: Unleash's semantics on a compiled [`FlagSet`], without locks or allocation.
+
+use std::cell::Cell;
+use std::net::IpAddr;
+
+use chrono::{DateTime, Utc};
+
+use crate::compile::{
+    CConstraint, CStrategy, CVariant, CompiledFlag, FieldRef, FlagSet, Op, Rule, Stickiness, StrOp, VariantSet,
+};
+use crate::context::{Context, Field};
+use crate::model::Payload;
+
+/// Why an evaluation came out as it did; maps onto OpenFeature's reasons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// On, with no targeting (no strategies).
+    Static,
+    /// On because strategy number `strategy` (from 0) matched.
+    TargetingMatch {
+        /// The strategy's position.
+        strategy: u16,
+    },
+    /// Forced on or off for the context's tenant.
+    TenantOverride,
+    /// Off: the flag targets plans and the context's plan is not one of them.
+    PlanExcluded,
+    /// Off: no strategy matched.
+    NoMatch,
+    /// Off: disabled in this environment.
+    Disabled,
+    /// Off: a parent flag is not in the required state.
+    DependencyUnmet,
+    /// Off: no flag of that name.
+    NotFound,
+    /// Off: the definition could not be compiled (lenient imports only).
+    Invalid,
+}
+
+impl Reason {
+    /// OpenFeature's reason string.
+    pub fn openfeature(self) -> &'static str {
+        match self {
+            Reason::Static => "STATIC",
+            Reason::TargetingMatch { .. } | Reason::TenantOverride => "TARGETING_MATCH",
+            Reason::PlanExcluded | Reason::NoMatch | Reason::DependencyUnmet => "DEFAULT",
+            Reason::Disabled => "DISABLED",
+            Reason::NotFound | Reason::Invalid => "ERROR",
+        }
+    }
+}
+
+/// How a variant was chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum VariantReason {
+    /// By weight (OpenFeature `SPLIT`).
+    Split,
+    /// By one of the variant's overrides (OpenFeature `TARGETING_MATCH`).
+    Override,
+}
+
+/// A chosen variant, borrowed from the flag set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VariantRef<'a> {
+    /// Its name.
+    pub name: &'a str,
+    /// Its payload.
+    pub payload: Option<&'a Payload>,
+    /// How it was chosen.
+    pub reason: VariantReason,
+}
+
+/// The result of evaluating one flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Evaluation<'a> {
+    /// Whether the flag is on.
+    pub enabled: bool,
+    /// The variant, when the flag is on and has variants.
+    pub variant: Option<VariantRef<'a>>,
+    /// Why.
+    pub reason: Reason,
+    /// The flag's version (0 when not found).
+    pub version: i64,
+}
+
+impl Evaluation<'_> {
+    /// The variant's name, or `"disabled"` (Unleash's name for "no variant").
+    pub fn variant_name(&self) -> &str {
+        self.variant.map(|v| v.name).unwrap_or("disabled")
+    }
+}
+
+/// Unleash's `getVariant` answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VariantResult<'a> {
+    /// The variant's name, `"disabled"` when there is none.
+    pub name: &'a str,
+    /// Its payload.
+    pub payload: Option<&'a Payload>,
+    /// Whether a variant was chosen.
+    pub enabled: bool,
+    /// Whether the flag is on.
+    pub feature_enabled: bool,
+}
+
+impl FlagSet {
+    /// Whether `name` is on for `ctx`; unknown flags are off.
+    #[inline]
+    pub fn is_enabled(&self, name: &str, ctx: &Context) -> bool {
+        match self.lookup(name) {
+            Some(i) => self.enabled_at(i, ctx).0.is_some(),
+            None => false,
+        }
+    }
+
+    /// The variant of `name` for `ctx`, as Unleash's `getVariant` answers.
+    #[inline]
+    pub fn variant(&self, name: &str, ctx: &Context) -> VariantResult<'_> {
+        let e = self.evaluate(name, ctx);
+        VariantResult {
+            name: e.variant.map(|v| v.name).unwrap_or("disabled"),
+            payload: e.variant.and_then(|v| v.payload),
+            enabled: e.variant.is_some(),
+            feature_enabled: e.enabled,
+        }
+    }
+
+    /// Evaluates `name` for `ctx`: value, variant, reason and version.
+    #[inline]
+    pub fn evaluate(&self, name: &str, ctx: &Context) -> Evaluation<'_> {
+        match self.lookup(name) {
+            Some(i) => self.evaluate_at(i, ctx),
+            None => Evaluation {
+                enabled: false,
+                variant: None,
+                reason: Reason::NotFound,
+                version: 0,
+            },
+        }
+    }
+
+    pub(crate) fn evaluate_at(&self, i: u32, ctx: &Context) -> Evaluation<'_> {
+        let flag = &self.flags[i as usize];
+        let (matched, reason) = self.enabled_at(i, ctx);
+        let variant = match matched {
+            Some(m) => choose_variant(flag, m, ctx),
+            None => None,
+        };
+        Evaluation {
+            enabled: matched.is_some(),
+            variant,
+            reason,
+            version: flag.version,
+        }
+    }
+
+    /// `Some(matched strategy or NONE)` when on.
+    #[inline]
+    fn enabled_at(&self, i: u32, ctx: &Context) -> (Option<u16>, Reason) {
+        let flag = &self.flags[i as usize];
+        if !flag.enabled {
+            return (None, if flag.broken { Reason::Invalid } else { Reason::Disabled });
+        }
+        if flag.has_parents && !self.dependencies_hold(flag, ctx) {
+            return (None, Reason::DependencyUnmet);
+        }
+        if !flag.overrides.is_empty()
+            && let Some(t) = ctx.tenant_id()
+            && let Ok(pos) = flag.overrides.binary_search_by_key(&t, |(id, _)| *id)
+        {
+            let on = flag.overrides[pos].1;
+            return (on.then_some(NONE), Reason::TenantOverride);
+        }
+        if let Some(plans) = &flag.plans
+            && !ctx.field(Field::Plan).is_some_and(|p| plans.contains(p))
+        {
+            return (None, Reason::PlanExcluded);
+        }
+        if flag.strategies.is_empty() {
+            return (Some(NONE), Reason::Static);
+        }
+        match first_match(flag, ctx) {
+            Some(s) => (Some(s), Reason::TargetingMatch { strategy: s }),
+            None => (None, Reason::NoMatch),
+        }
+    }
+
+    fn dependencies_hold(&self, flag: &CompiledFlag, ctx: &Context) -> bool {
+        flag.dependencies.iter().all(|d| {
+            let Some(p) = d.parent else { return false };
+            let parent = &self.flags[p as usize];
+            let (matched, _) = self.enabled_at(p, ctx);
+            if let Some(expected) = &d.variants {
+                // Unleash's engine compares the parent's variant whether or not the parent
+                // is on; a parent without variants satisfies any list.
+                let strategy = matched.or_else(|| first_match(parent, ctx));
+                if let Some(v) = choose_variant(parent, strategy.unwrap_or(NONE), ctx)
+                    && !expected.contains(v.name)
+                {
+                    return false;
+                }
+            }
+            matched.is_some() == d.enabled
+        })
+    }
+}
+
+/// "On, but not through a strategy" (no strategies, or a tenant override).
+const NONE: u16 = u16::MAX;
+
+#[inline]
+fn first_match(flag: &CompiledFlag, ctx: &Context) -> Option<u16> {
+    flag.strategies
+        .iter()
+        .position(|s| strategy_matches(s, ctx))
+        .map(|i| i as u16)
+}
+
+#[inline]
+fn strategy_matches(s: &CStrategy, ctx: &Context) -> bool {
+    rule_holds(&s.rule, ctx) && s.constraints.iter().all(|c| constraint_holds(c, ctx))
+}
+
+#[inline]
+fn value<'c>(field: &FieldRef, ctx: &'c Context) -> Option<&'c str> {
+    match field {
+        FieldRef::Slot(f) => ctx.field(*f),
+        FieldRef::Prop(name) => ctx.prop(name),
+    }
+}
+
+#[inline]
+fn rule_holds(rule: &Rule, ctx: &Context) -> bool {
+    match rule {
+        Rule::Always(b) | Rule::Hostname(b) => *b,
+        Rule::UserIds(ids) => ctx.field(Field::UserId).is_some_and(|u| ids.contains(u)),
+        Rule::Rollout {
+            percent,
+            stickiness,
+            prefix,
+        } => {
+            if *percent == 0 {
+                return false;
+            }
+            let v = match stickiness {
+                Stickiness::Default => ctx.field(Field::UserId).or_else(|| ctx.field(Field::SessionId)),
+                Stickiness::Random => None,
+                Stickiness::Field(f) => match value(f, ctx) {
+                    Some(v) => Some(v),
+                    None => return false,
+                },
+            };
+            match v {
+                Some(v) => prefix.bucket(v, 100) <= *percent,
+                // Unleash hashes a random number in 1..10000; every bucket is as likely.
+                None => *percent >= 100 || random_below(100) < *percent,
+            }
+        }
+        Rule::Random { percent } => (random_below(99) + 1) < *percent,
+        Rule::Cidr(nets) => {
+            ip_of(&FieldRef::Slot(Field::RemoteAddress), ctx).is_some_and(|ip| nets.iter().any(|n| n.contains(&ip)))
+        }
+    }
+}
+
+fn ip_of(field: &FieldRef, ctx: &Context) -> Option<IpAddr> {
+    match field {
+        FieldRef::Slot(Field::RemoteAddress) => ctx.ip(),
+        other => value(other, ctx)?.parse().ok(),
+    }
+}
+
+#[inline]
+fn constraint_holds(c: &CConstraint, ctx: &Context) -> bool {
+    let v = value(&c.field, ctx);
+    let result = match &c.op {
+        Op::In(list) => v.is_some_and(|v| list.contains(v)),
+        Op::NotIn(list) => v.is_none_or(|v| !list.contains(v)),
+        Op::Str { op, ci, values } => match v {
+            None => false,
+            Some(v) if *ci => values.iter().any(|x| str_op_ci(*op, v, x)),
+            Some(v) => values.iter().any(|x| match op {
+                StrOp::StartsWith => v.starts_with(&**x),
+                StrOp::EndsWith => v.ends_with(&**x),
+                StrOp::Contains => v.contains(&**x),
+            }),
+        },
+        Op::Num { cmp, value } => match v.and_then(|v| v.parse::<f64>().ok()) {
+            None => false,
+            Some(n) => match cmp {
+                crate::compile::Cmp::Eq => (n - value).abs() < f64::EPSILON,
+                other => n.partial_cmp(value).is_some_and(|o| other.holds(o)),
+            },
+        },
+        Op::Date { cmp, value } => {
+            let now;
+            let d = match (&c.field, v) {
+                (_, Some(v)) => v.parse::<DateTime<Utc>>().ok(),
+                (FieldRef::Slot(Field::CurrentTime), None) => {
+                    now = Utc::now();
+                    Some(now)
+                }
+                _ => None,
+            };
+            d.is_some_and(|d| cmp.holds(d.cmp(value)))
+        }
+        Op::Semver { cmp, value } => v
+            .and_then(|v| semver::Version::parse(v).ok())
+            .is_some_and(|ver| cmp.holds(ver.cmp_precedence(value))),
+        Op::Regex(r) => v.is_some_and(|v| r.is_match(v)),
+        Op::Cidr(nets) => ip_of(&c.field, ctx).is_some_and(|ip| nets.iter().any(|n| n.contains(&ip))),
+        Op::Const(b) => *b,
+        Op::Never => return false,
+    };
+    result != c.inverted
+}
+
+/// Case-insensitive starts/ends/contains without allocating: `pat` is already lower-case
+/// and `v` is lower-cased character by character.
+fn str_op_ci(op: StrOp, v: &str, pat: &str) -> bool {
+    match op {
+        StrOp::StartsWith => starts_with_lower(v, pat),
+        StrOp::EndsWith => {
+            let mut a = v.chars().rev().flat_map(|c| c.to_lowercase().rev());
+            pat.chars().rev().all(|p| a.next() == Some(p))
+        }
+        StrOp::Contains => {
+            if pat.is_empty() {
+                return true;
+            }
+            v.char_indices().any(|(i, _)| starts_with_lower(&v[i..], pat))
+        }
+    }
+}
+
+fn starts_with_lower(v: &str, pat: &str) -> bool {
+    let mut a = v.chars().flat_map(char::to_lowercase);
+    pat.chars().all(|p| a.next() == Some(p))
+}
+
+/// The variant for a flag that is on through strategy `matched` (or `NONE`).
+#[inline]
+fn choose_variant<'a>(flag: &'a CompiledFlag, matched: u16, ctx: &Context) -> Option<VariantRef<'a>> {
+    let set = match flag.strategies.get(matched as usize).and_then(|s| s.variants.as_ref()) {
+        Some(set) => set,
+        None => flag.variants.as_ref()?,
+    };
+    resolve(set, ctx)
+}
+
+#[inline]
+fn resolve<'a>(set: &'a VariantSet, ctx: &Context) -> Option<VariantRef<'a>> {
+    if set.has_overrides
+        && let Some(v) = set.variants.iter().find(|v| overridden(v, ctx))
+    {
+        return Some(VariantRef {
+            name: &v.name,
+            payload: v.payload.as_ref(),
+            reason: VariantReason::Override,
+        });
+    }
+    let seed = match &set.stickiness {
+        None => ctx.field(Field::UserId).or_else(|| ctx.field(Field::SessionId)),
+        Some(f) => value(f, ctx),
+    };
+    let target = match seed {
+        Some(s) => set.prefix.bucket(s, set.total),
+        None => random_below(set.total) + 1,
+    };
+    let mut acc = 0u32;
+    for v in set.variants.iter() {
+        acc += v.weight;
+        if acc >= target {
+            return Some(VariantRef {
+                name: &v.name,
+                payload: v.payload.as_ref(),
+                reason: VariantReason::Split,
+            });
+        }
+    }
+    None
+}
+
+fn overridden(v: &CVariant, ctx: &Context) -> bool {
+    v.overrides
+        .iter()
+        .any(|(f, values)| value(f, ctx).is_some_and(|x| values.contains(x)))
+}
+
+thread_local! {
+    static RNG: Cell<u64> = Cell::new({
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_usize(&h as *const _ as usize);
+        h.finish() | 1
+    });
+}
+
+/// A uniform draw in `0..n` (xorshift64*, per thread); `n` > 0.
+fn random_below(n: u32) -> u32 {
+    RNG.with(|s| {
+        let mut x = s.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        s.set(x);
+        let r = x.wrapping_mul(0x2545_f491_4f6c_dd1d);
+        (((r >> 32) * u64::from(n)) >> 32) as u32
+    })
+}
