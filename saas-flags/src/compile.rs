@@ -8,6 +8,7 @@
 //! and a [`Warning`] says why.
 
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::str::FromStr;
 
@@ -61,19 +62,131 @@ impl FieldRef {
     }
 }
 
+/// A string's length and its first and last 8 bytes: equal keys mean equal strings up to
+/// 16 bytes, and a cheap filter beyond — no `memcmp` call for short values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Key {
+    len: usize,
+    head: u64,
+    tail: u64,
+}
+
+impl Key {
+    #[inline(always)]
+    pub(crate) fn of(s: &str) -> Key {
+        let b = s.as_bytes();
+        let len = b.len();
+        if len >= 8 {
+            let mut h = [0u8; 8];
+            let mut t = [0u8; 8];
+            h.copy_from_slice(&b[..8]);
+            t.copy_from_slice(&b[len - 8..]);
+            Key {
+                len,
+                head: u64::from_le_bytes(h),
+                tail: u64::from_le_bytes(t),
+            }
+        } else {
+            let mut h = [0u8; 8];
+            h[..len].copy_from_slice(b);
+            Key {
+                len,
+                head: u64::from_le_bytes(h),
+                tail: 0,
+            }
+        }
+    }
+}
+
+/// Byte equality of two equally long slices, 8 bytes at a time, inline (short strings
+/// do not pay for a `memcmp` call).
+#[inline(always)]
+pub(crate) fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut ca = a.chunks_exact(8);
+    let mut cb = b.chunks_exact(8);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        if x != y {
+            return false;
+        }
+    }
+    ca.remainder() == cb.remainder()
+}
+
+/// Flag name → position: open addressing over [`Key`]s, so a lookup hashes the name once
+/// and usually compares two words.
+#[derive(Debug)]
+pub(crate) struct NameIndex {
+    slots: Box<[(Key, u32)]>,
+    names: Box<[Box<str>]>,
+    mask: usize,
+    hasher: foldhash::fast::FixedState,
+}
+
+impl NameIndex {
+    fn new(names: Vec<Box<str>>) -> NameIndex {
+        let cap = (names.len() * 2).next_power_of_two().max(8);
+        let hasher = foldhash::fast::FixedState::with_seed(0x5eed_f1a6);
+        let mut slots = vec![
+            (
+                Key {
+                    len: usize::MAX,
+                    head: 0,
+                    tail: 0
+                },
+                u32::MAX
+            );
+            cap
+        ]
+        .into_boxed_slice();
+        for (i, n) in names.iter().enumerate() {
+            let mut at = hasher.hash_one(n.as_bytes()) as usize & (cap - 1);
+            // A repeated name (lenient imports) resolves to its last definition.
+            while slots[at].1 != u32::MAX && names[slots[at].1 as usize] != *n {
+                at = (at + 1) & (cap - 1);
+            }
+            slots[at] = (Key::of(n), i as u32);
+        }
+        NameIndex {
+            slots,
+            names: names.into_boxed_slice(),
+            mask: cap - 1,
+            hasher,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn get(&self, name: &str) -> Option<u32> {
+        let k = Key::of(name);
+        let mut at = self.hasher.hash_one(name.as_bytes()) as usize & self.mask;
+        loop {
+            let (key, i) = self.slots[at];
+            if i == u32::MAX {
+                return None;
+            }
+            if key == k && (k.len <= 16 || same_bytes(self.names[i as usize].as_bytes(), name.as_bytes())) {
+                return Some(i);
+            }
+            at = (at + 1) & self.mask;
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(crate) enum StrList {
-    Small(Box<[Box<str>]>),
+    Small(Box<[(Key, Box<str>)]>),
     Large(FastSet<Box<str>>),
 }
 
 impl StrList {
-    fn new(values: impl IntoIterator<Item = String>) -> StrList {
+    pub(crate) fn new(values: impl IntoIterator<Item = String>) -> StrList {
         let mut v: Vec<Box<str>> = values.into_iter().map(String::into_boxed_str).collect();
         v.sort();
         v.dedup();
         if v.len() <= LINEAR_LIST_MAX {
-            StrList::Small(v.into_boxed_slice())
+            StrList::Small(v.into_iter().map(|s| (Key::of(&s), s)).collect())
         } else {
             StrList::Large(v.into_iter().collect())
         }
@@ -82,7 +195,11 @@ impl StrList {
     #[inline]
     pub(crate) fn contains(&self, s: &str) -> bool {
         match self {
-            StrList::Small(v) => v.iter().any(|x| x.len() == s.len() && **x == *s),
+            StrList::Small(v) => {
+                let k = Key::of(s);
+                v.iter()
+                    .any(|(x, full)| *x == k && (k.len <= 16 || same_bytes(full.as_bytes(), s.as_bytes())))
+            }
             StrList::Large(set) => set.contains(s),
         }
     }
@@ -235,7 +352,7 @@ pub(crate) struct CompiledFlag {
 #[derive(Debug)]
 pub struct FlagSet {
     pub(crate) flags: Box<[CompiledFlag]>,
-    pub(crate) index: FastMap<Box<str>, u32>,
+    pub(crate) index: NameIndex,
     pub(crate) environment: Box<str>,
     pub(crate) version: i64,
     pub(crate) warnings: Vec<Warning>,
@@ -350,7 +467,7 @@ impl FlagSetBuilder {
         }
         Ok(FlagSet {
             flags: flags.into_boxed_slice(),
-            index,
+            index: NameIndex::new(self.flags.iter().map(|v| v.definition.name.as_str().into()).collect()),
             environment: self.environment.into_boxed_str(),
             version: self.version,
             warnings,
@@ -823,7 +940,7 @@ impl FlagSet {
     pub fn empty(environment: impl Into<String>) -> FlagSet {
         FlagSet {
             flags: Box::new([]),
-            index: FastMap::default(),
+            index: NameIndex::new(Vec::new()),
             environment: environment.into().into_boxed_str(),
             version: 0,
             warnings: Vec::new(),
@@ -862,7 +979,7 @@ impl FlagSet {
 
     #[inline]
     pub(crate) fn lookup(&self, name: &str) -> Option<u32> {
-        self.index.get(name).copied()
+        self.index.get(name)
     }
 }
 

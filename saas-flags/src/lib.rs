@@ -5,6 +5,7 @@
 
 pub mod compile;
 pub mod context;
+pub mod engine;
 pub mod error;
 pub mod eval;
 pub mod model;
@@ -13,6 +14,7 @@ pub mod unleash;
 
 pub use compile::{FlagSet, FlagSetBuilder, Mode, Versioned, Warning};
 pub use context::{Context, Field};
+pub use engine::Engine;
 pub use error::{DefinitionError, FlagError};
 pub use eval::{Evaluation, Reason, VariantReason, VariantRef, VariantResult};
 pub use model::{
