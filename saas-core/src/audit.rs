@@ -33,6 +33,11 @@ use crate::clock::Clock;
 use crate::id::{ApiKeyId, AuditId, TenantId, UserId};
 use crate::problem::{IntoProblem, Problem};
 
+/// The chain for records about the platform itself rather than one tenant (feature
+/// flag definitions, plans): the nil tenant id. Only the platform role (`BYPASSRLS`)
+/// reads and writes it; no tenant can be scoped to it, as tenant ids are UUIDv7.
+pub const PLATFORM: TenantId = TenantId::from_uuid(uuid::Uuid::nil());
+
 /// Who did it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]

@@ -11,6 +11,8 @@ use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
 use ipnet::IpNet;
@@ -345,6 +347,9 @@ pub(crate) struct CompiledFlag {
     pub(crate) has_parents: bool,
     pub(crate) overrides: Box<[(TenantId, bool)]>,
     pub(crate) plans: Option<StrList>,
+    /// Evaluations counted through [`FlagSet::count`] since the last usage flush; shared
+    /// with the sets that replace this one.
+    pub(crate) uses: Arc<AtomicU64>,
 }
 
 /// An immutable, compiled set of flags for one environment. Evaluations on it take no
@@ -498,6 +503,7 @@ fn broken(v: &Versioned) -> CompiledFlag {
         has_parents: false,
         overrides: Box::new([]),
         plans: None,
+        uses: Arc::default(),
     }
 }
 
@@ -584,6 +590,7 @@ impl Cx<'_> {
             dependencies: dependencies.into_boxed_slice(),
             overrides: overrides.into_boxed_slice(),
             plans: (!def.plans.is_empty()).then(|| StrList::new(def.plans.iter().cloned())),
+            uses: Arc::default(),
         })
     }
 
@@ -975,6 +982,31 @@ impl FlagSet {
     /// The flag names.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.flags.iter().map(|f| &*f.name)
+    }
+
+    /// A flag's kind and version.
+    pub fn info(&self, name: &str) -> Option<(FlagKind, i64)> {
+        self.lookup(name)
+            .map(|i| (self.flags[i as usize].kind, self.flags[i as usize].version))
+    }
+
+    /// Counts one evaluation of `name` for the usage report (one relaxed atomic add).
+    #[inline]
+    pub fn count(&self, name: &str) {
+        if let Some(i) = self.lookup(name) {
+            self.flags[i as usize].uses.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Takes over `previous`'s evaluation counters for flags of the same name, so that
+    /// counts made on either set reach the next usage flush.
+    pub fn adopt_counters(mut self, previous: &FlagSet) -> FlagSet {
+        for f in self.flags.iter_mut() {
+            if let Some(i) = previous.lookup(&f.name) {
+                f.uses = Arc::clone(&previous.flags[i as usize].uses);
+            }
+        }
+        self
     }
 
     #[inline]

@@ -135,6 +135,9 @@ pub enum FlagError {
         /// Why.
         reason: String,
     },
+    /// The platform transaction could not begin or end.
+    #[error(transparent)]
+    Tenancy(#[from] saas_tenancy::TenancyError),
     /// The audit log refused.
     #[error(transparent)]
     Audit(#[from] saas_core::audit::AuditError),
@@ -156,6 +159,7 @@ impl IntoProblem for FlagError {
                 Problem::unprocessable(self.to_string()).with_type("invalid-flag")
             }
             FlagError::Audit(e) => e.to_problem(),
+            FlagError::Tenancy(e) => e.to_problem(),
             FlagError::Database(e) => e.to_problem(),
             FlagError::Snapshot { .. } => Problem::internal().with_internal(self),
         }

@@ -43,23 +43,64 @@ impl Rng {
 }
 
 const ENV: &str = "production";
-const USERS: [&str; 8] = ["1", "7", "42", "user-1003", "user-1007", "Alice", "alice", "0190f3a4-7c2e-7d41-9b1a-3c5d6e7f8091"];
+const USERS: [&str; 8] = [
+    "1",
+    "7",
+    "42",
+    "user-1003",
+    "user-1007",
+    "Alice",
+    "alice",
+    "0190f3a4-7c2e-7d41-9b1a-3c5d6e7f8091",
+];
 const SESSIONS: [&str; 4] = ["s1", "s2", "session-abc", "9"];
 const APPS: [&str; 3] = ["web", "mobile", "Web-Admin"];
 const ENVS: [&str; 3] = ["production", "staging", "dev"];
 const PLANS: [&str; 4] = ["free", "pro", "team", "enterprise"];
 const REGIONS: [&str; 4] = ["eu-west-1", "us-east-1", "EU-central", "ap-south"];
-const IPS: [&str; 6] = ["10.0.0.1", "10.1.2.3", "192.168.1.20", "172.16.5.4", "2001:db8::1", "not-an-ip"];
-const CIDRS: [&str; 7] = ["10.0.0.0/8", "192.168.1.0/24", "172.16.5.4", "2001:db8::/32", "10.1.2.3/32", "junk", "300.1.1.1"];
+const IPS: [&str; 6] = [
+    "10.0.0.1",
+    "10.1.2.3",
+    "192.168.1.20",
+    "172.16.5.4",
+    "2001:db8::1",
+    "not-an-ip",
+];
+const CIDRS: [&str; 7] = [
+    "10.0.0.0/8",
+    "192.168.1.0/24",
+    "172.16.5.4",
+    "2001:db8::/32",
+    "10.1.2.3/32",
+    "junk",
+    "300.1.1.1",
+];
 const VERSIONS: [&str; 7] = ["1.0.0", "1.2.3", "2.0.0-beta.1", "2.0.0", "1.10.0", "0.9.9", "1.2"];
 const SCORES: [&str; 6] = ["1", "5", "10.5", "-3", "1e2", "abc"];
-const TIMES: [&str; 4] = ["2024-01-01T00:00:00Z", "2024-06-15T12:00:00Z", "2025-03-01T08:30:00.000Z", "2023-12-31T23:59:59+01:00"];
+const TIMES: [&str; 4] = [
+    "2024-01-01T00:00:00Z",
+    "2024-06-15T12:00:00Z",
+    "2025-03-01T08:30:00.000Z",
+    "2023-12-31T23:59:59+01:00",
+];
 const REGEXES: [&str; 5] = ["^user-10", "ice$", "^[0-9]+$", "eu-.*", "(?:pro|team)"];
-const FIELDS: [&str; 10] =
-    ["userId", "sessionId", "appName", "environment", "remoteAddress", "plan", "region", "tenantId", "appVersion", "score"];
+const FIELDS: [&str; 10] = [
+    "userId",
+    "sessionId",
+    "appName",
+    "environment",
+    "remoteAddress",
+    "plan",
+    "region",
+    "tenantId",
+    "appVersion",
+    "score",
+];
 
 fn tenants() -> Vec<TenantId> {
-    (0..4).map(|i| TenantId::from_uuid(uuid::Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0000 + i))).collect()
+    (0..4)
+        .map(|i| TenantId::from_uuid(uuid::Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0000 + i)))
+        .collect()
 }
 
 fn values_for(field: &str, rng: &mut Rng, tenants: &[TenantId]) -> Vec<String> {
@@ -105,10 +146,18 @@ fn constraint(rng: &mut Rng, tenants: &[TenantId]) -> Constraint {
         }
         6 => {
             let op = *rng.pick(&["SEMVER_EQ", "SEMVER_GT", "SEMVER_LT"]);
-            Constraint::single("appVersion", op, *rng.pick(&["1.2.3", "2.0.0", "2.0.0-beta.1", "1.10.0", "v1.0.0"]))
+            Constraint::single(
+                "appVersion",
+                op,
+                *rng.pick(&["1.2.3", "2.0.0", "2.0.0-beta.1", "1.10.0", "v1.0.0"]),
+            )
         }
         7 => Constraint::single(field, "REGEX", *rng.pick(&REGEXES)),
-        _ => Constraint::new("remoteAddress", "IN_CIDR", rng.some(&CIDRS, 3).into_iter().map(String::from)),
+        _ => Constraint::new(
+            "remoteAddress",
+            "IN_CIDR",
+            rng.some(&CIDRS, 3).into_iter().map(String::from),
+        ),
     };
     c.inverted = rng.chance(25);
     c.case_insensitive = rng.chance(30);
@@ -140,7 +189,11 @@ fn variants(rng: &mut Rng, tenants: &[TenantId], flag_level: bool) -> Vec<Varian
 }
 
 fn strategy(rng: &mut Rng, flag: &str, tenants: &[TenantId], segments: usize) -> Strategy {
-    let group = if rng.chance(80) { format!("g-{}", rng.below(5)) } else { flag.to_owned() };
+    let group = if rng.chance(80) {
+        format!("g-{}", rng.below(5))
+    } else {
+        flag.to_owned()
+    };
     let mut s = match rng.below(7) {
         0 => Strategy::new("default"),
         1 => Strategy::new("userWithId").param("userIds", rng.some(&USERS, 3).join(", ")),
@@ -163,7 +216,10 @@ fn strategy(rng: &mut Rng, flag: &str, tenants: &[TenantId], segments: usize) ->
     }
     if rng.chance(25) {
         // Strategy variants follow the strategy's stickiness; keep it deterministic.
-        if !matches!(s.parameters.get("stickiness").map(String::as_str), Some("region" | "sessionId")) {
+        if !matches!(
+            s.parameters.get("stickiness").map(String::as_str),
+            Some("region" | "sessionId")
+        ) {
             s.variants = variants(rng, tenants, false);
         }
     }
@@ -174,11 +230,16 @@ fn flags(rng: &mut Rng, tenants: &[TenantId], n: usize, segments: usize) -> Vec<
     let mut out: Vec<FlagDefinition> = Vec::new();
     for i in 0..n {
         let name = format!("flag-{i}");
-        let strategies = (0..rng.below(4)).map(|_| strategy(rng, &name, tenants, segments)).collect();
+        let strategies = (0..rng.below(4))
+            .map(|_| strategy(rng, &name, tenants, segments))
+            .collect();
         let mut d = FlagDefinition::new(name.clone());
         d.environments.insert(
             ENV.into(),
-            saas_flags::EnvironmentConfig { enabled: rng.chance(90), strategies },
+            saas_flags::EnvironmentConfig {
+                enabled: rng.chance(90),
+                strategies,
+            },
         );
         if rng.chance(40) {
             d.variants = variants(rng, tenants, true);
@@ -189,11 +250,19 @@ fn flags(rng: &mut Rng, tenants: &[TenantId], n: usize, segments: usize) -> Vec<
             if out[p].dependencies.is_empty() {
                 let enabled = if rng.chance(70) { None } else { Some(rng.chance(50)) };
                 let variants = if enabled != Some(false) && rng.chance(30) {
-                    Some(if out[p].variants.is_empty() { vec![] } else { vec![out[p].variants[0].name.clone()] })
+                    Some(if out[p].variants.is_empty() {
+                        vec![]
+                    } else {
+                        vec![out[p].variants[0].name.clone()]
+                    })
                 } else {
                     None
                 };
-                d.dependencies.push(Dependency { feature: out[p].name.clone(), enabled, variants });
+                d.dependencies.push(Dependency {
+                    feature: out[p].name.clone(),
+                    enabled,
+                    variants,
+                });
             }
         }
         if rng.chance(20) {
@@ -242,7 +311,13 @@ fn contexts(rng: &mut Rng, tenants: &[TenantId], n: usize) -> Vec<(Context, YCon
                 ours = ours.remote_address(&ip);
                 theirs.remote_address = Some(ip);
             }
-            let t = rng.pick(&["2023-06-01T00:00:00Z", "2024-03-01T10:00:00Z", "2024-06-15T12:00:00Z", "2026-01-01T00:00:00Z", "garbage"]);
+            let t = rng.pick(&[
+                "2023-06-01T00:00:00Z",
+                "2024-03-01T10:00:00Z",
+                "2024-06-15T12:00:00Z",
+                "2026-01-01T00:00:00Z",
+                "garbage",
+            ]);
             ours = ours.current_time(*t);
             theirs.current_time = Some(t.to_string());
             // tenantId and plan are always present: variant stickiness may name them.
@@ -252,7 +327,11 @@ fn contexts(rng: &mut Rng, tenants: &[TenantId], n: usize) -> Vec<(Context, YCon
             let plan = rng.pick(&PLANS).to_string();
             ours = ours.plan(&plan);
             props.insert("plan".to_owned(), plan);
-            for (name, pool) in [("region", &REGIONS[..]), ("appVersion", &VERSIONS[..]), ("score", &SCORES[..])] {
+            for (name, pool) in [
+                ("region", &REGIONS[..]),
+                ("appVersion", &VERSIONS[..]),
+                ("score", &SCORES[..]),
+            ] {
                 if rng.chance(75) {
                     let v = rng.pick(pool).to_string();
                     ours = ours.property(name, &v);
@@ -268,13 +347,20 @@ fn contexts(rng: &mut Rng, tenants: &[TenantId], n: usize) -> Vec<(Context, YCon
 #[test]
 fn agrees_with_unleash_yggdrasil_on_random_flags_and_contexts() {
     // Another seed: SAAS_FLAGS_DIFF_SEED=<u64>.
-    let seed = std::env::var("SAAS_FLAGS_DIFF_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5aa5_f1a6_2026_1123);
+    let seed = std::env::var("SAAS_FLAGS_DIFF_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5aa5_f1a6_2026_1123);
     let mut rng = Rng(seed);
     let tenants = tenants();
     let (mut evaluations, mut enabled_seen, mut variants_seen) = (0usize, 0usize, 0usize);
     for round in 0..10 {
         let segments: Vec<Segment> = (0..5)
-            .map(|id| Segment { id, name: None, constraints: (0..1 + rng.below(2)).map(|_| constraint(&mut rng, &tenants)).collect() })
+            .map(|id| Segment {
+                id,
+                name: None,
+                constraints: (0..1 + rng.below(2)).map(|_| constraint(&mut rng, &tenants)).collect(),
+            })
             .collect();
         let defs = flags(&mut rng, &tenants, 200, segments.len());
         let ctxs = contexts(&mut rng, &tenants, 60);
@@ -282,7 +368,11 @@ fn agrees_with_unleash_yggdrasil_on_random_flags_and_contexts() {
         let direct = FlagSetBuilder::new(ENV)
             .mode(Mode::Lenient)
             .segments(segments.clone())
-            .flags(defs.iter().cloned().map(|definition| Versioned { definition, version: 1 }))
+            .flags(
+                defs.iter()
+                    .cloned()
+                    .map(|definition| Versioned { definition, version: 1 }),
+            )
             .build()
             .unwrap();
         let payload = ClientFeatures::from_definitions(&defs, &segments, ENV);
@@ -304,14 +394,20 @@ fn agrees_with_unleash_yggdrasil_on_random_flags_and_contexts() {
                 for (label, set) in [("direct", &direct), ("imported", &imported)] {
                     let got = set.evaluate(&d.name, ours);
                     assert_eq!(
-                        got.enabled, want,
+                        got.enabled,
+                        want,
                         "round {round} {label}: {} enabled differs for {ours:?}\n{}",
                         d.name,
                         serde_json::to_string_pretty(&payload.features.iter().find(|f| f.name == d.name)).unwrap()
                     );
                     let v = set.variant(&d.name, ours);
                     assert_eq!(
-                        (v.name, v.enabled, v.feature_enabled, v.payload.map(|p| p.value.as_str())),
+                        (
+                            v.name,
+                            v.enabled,
+                            v.feature_enabled,
+                            v.payload.map(|p| p.value.as_str())
+                        ),
                         (
                             want_variant.name.as_str(),
                             want_variant.enabled,
@@ -331,7 +427,10 @@ fn agrees_with_unleash_yggdrasil_on_random_flags_and_contexts() {
     }
     assert!(evaluations >= 100_000, "{evaluations}");
     // The generator must produce both outcomes in earnest.
-    assert!(enabled_seen > evaluations / 10 && enabled_seen < evaluations * 9 / 10, "{enabled_seen}/{evaluations}");
+    assert!(
+        enabled_seen > evaluations / 10 && enabled_seen < evaluations * 9 / 10,
+        "{enabled_seen}/{evaluations}"
+    );
     assert!(variants_seen > evaluations / 20, "{variants_seen}/{evaluations}");
     println!("{evaluations} evaluations, {enabled_seen} enabled, {variants_seen} with a variant");
 }
