@@ -4,7 +4,7 @@
 //! the definition is validated strictly (nothing is saved when it is invalid), written
 //! with a new version, recorded in the audit log with before/after and the actor —
 //! in the platform chain ([`saas_core::audit::PLATFORM`]) and, for a tenant override,
-//! also in that tenant's chain — and announced on [`CHANNEL`](crate::store::CHANNEL),
+//! also in that tenant's chain — and announced on [`CHANNEL`],
 //! so that every [`FlagStore`](crate::FlagStore) reloads within about a second.
 
 use chrono::{DateTime, Utc};

@@ -408,3 +408,214 @@ fn random_below(n: u32) -> u32 {
         (((r >> 32) * u64::from(n)) >> 32) as u32
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use proptest::prelude::*;
+    use saas_core::TenantId;
+
+    use super::*;
+    use crate::compile::{FlagSetBuilder, Mode};
+    use crate::model::{Constraint, FlagDefinition, Strategy, Variant};
+
+    const ENV: &str = "production";
+
+    fn set(defs: Vec<FlagDefinition>) -> FlagSet {
+        FlagSetBuilder::new(ENV)
+            .mode(Mode::Lenient)
+            .flags(
+                defs.into_iter()
+                    .map(|definition| crate::Versioned { definition, version: 7 }),
+            )
+            .build()
+            .unwrap()
+    }
+
+    fn one(c: Constraint) -> FlagSet {
+        set(vec![
+            FlagDefinition::new("f").enable_in(ENV, vec![Strategy::new("default").constraint(c)]),
+        ])
+    }
+
+    #[test]
+    fn reasons_follow_the_evaluation_order() {
+        let t_on = TenantId::new();
+        let t_off = TenantId::new();
+        let s = set(vec![
+            FlagDefinition::new("static").enable_in(ENV, vec![]),
+            FlagDefinition::new("off"),
+            FlagDefinition::new("targeted")
+                .enable_in(
+                    ENV,
+                    vec![
+                        Strategy::new("userWithId").param("userIds", "1"),
+                        Strategy::new("userWithId").param("userIds", "2"),
+                    ],
+                )
+                .tenant_override(t_on, true)
+                .tenant_override(t_off, false)
+                .plans(["pro"]),
+            FlagDefinition::new("child").enable_in(ENV, vec![]).depends_on("off"),
+        ]);
+        let ctx = |u: &str| Context::new().user_id(u).plan("pro");
+        assert_eq!(s.evaluate("static", &ctx("1")).reason, Reason::Static);
+        assert_eq!(s.evaluate("static", &ctx("1")).version, 7);
+        assert_eq!(s.evaluate("off", &ctx("1")).reason, Reason::Disabled);
+        assert_eq!(s.evaluate("nope", &ctx("1")).reason, Reason::NotFound);
+        assert_eq!(
+            s.evaluate("targeted", &ctx("2")).reason,
+            Reason::TargetingMatch { strategy: 1 }
+        );
+        assert_eq!(s.evaluate("targeted", &ctx("3")).reason, Reason::NoMatch);
+        assert_eq!(
+            s.evaluate("targeted", &Context::new().user_id("1").plan("free")).reason,
+            Reason::PlanExcluded
+        );
+        assert_eq!(
+            s.evaluate("targeted", &Context::new().user_id("1")).reason,
+            Reason::PlanExcluded
+        );
+        let forced = s.evaluate("targeted", &ctx("3").tenant(t_on));
+        assert!(forced.enabled && forced.reason == Reason::TenantOverride);
+        let blocked = s.evaluate("targeted", &ctx("1").tenant(t_off));
+        assert!(!blocked.enabled && blocked.reason == Reason::TenantOverride);
+        assert_eq!(s.evaluate("child", &ctx("1")).reason, Reason::DependencyUnmet);
+        assert_eq!(Reason::DependencyUnmet.openfeature(), "DEFAULT");
+        assert_eq!(Reason::TenantOverride.openfeature(), "TARGETING_MATCH");
+    }
+
+    #[test]
+    fn operators_with_missing_values_inversion_and_case() {
+        let ctx = Context::new()
+            .user_id("Ünïcode-User")
+            .property("n", "10")
+            .app_version("1.2.3")
+            .remote_address("10.1.2.3");
+        let cases = [
+            (
+                Constraint::new("userId", "STR_STARTS_WITH", ["ünï"]).case_insensitive(),
+                true,
+            ),
+            (Constraint::new("userId", "STR_STARTS_WITH", ["ünï"]), false),
+            (
+                Constraint::new("userId", "STR_ENDS_WITH", ["-USER"]).case_insensitive(),
+                true,
+            ),
+            (
+                Constraint::new("userId", "STR_CONTAINS", ["CODE-u"]).case_insensitive(),
+                true,
+            ),
+            (
+                Constraint::new("userId", "STR_CONTAINS", ["zzz"]).case_insensitive(),
+                false,
+            ),
+            (Constraint::single("n", "NUM_GT", "9.5"), true),
+            (Constraint::single("n", "NUM_EQ", "10"), true),
+            (Constraint::single("n", "NUM_LT", "10"), false),
+            (Constraint::single("missing", "NUM_LT", "10"), false),
+            (Constraint::single("missing", "NUM_LT", "10").inverted(), true),
+            (Constraint::new("missing", "NOT_IN", ["x"]), true),
+            (Constraint::new("missing", "NOT_IN", ["x"]).inverted(), false),
+            (Constraint::new("missing", "IN", ["x"]), false),
+            (Constraint::single("appVersion", "SEMVER_GT", "1.2.3-rc.1"), true),
+            (Constraint::single("appVersion", "SEMVER_EQ", "1.2.3"), true),
+            (Constraint::single("appVersion", "SEMVER_LT", "1.10.0"), true),
+            (
+                Constraint::single("currentTime", "DATE_AFTER", "2000-01-01T00:00:00Z"),
+                true,
+            ),
+            (Constraint::single("userId", "REGEX", "^ünï").case_insensitive(), true),
+            (Constraint::new("remoteAddress", "IN_CIDR", ["10.0.0.0/8"]), true),
+            (
+                Constraint::new("remoteAddress", "IN_CIDR", ["10.0.0.0/8"]).inverted(),
+                false,
+            ),
+            (
+                Constraint::new("remoteAddress", "IN_CIDR", ["192.168.0.0/16", "10.1.2.3"]),
+                true,
+            ),
+        ];
+        for (c, want) in cases {
+            let label = format!("{c:?}");
+            assert_eq!(one(c).is_enabled("f", &ctx), want, "{label}");
+        }
+    }
+
+    #[test]
+    fn long_value_lists_use_a_set() {
+        let values: Vec<String> = (0..1000).map(|i| format!("user-{i}")).collect();
+        let s = one(Constraint::new("userId", "IN", values));
+        assert!(s.is_enabled("f", &Context::new().user_id("user-999")));
+        assert!(!s.is_enabled("f", &Context::new().user_id("user-1000")));
+    }
+
+    #[test]
+    fn variant_overrides_win_and_payloads_come_through() {
+        let mut v1 = Variant::new("one", 500).payload("string", "1");
+        v1.overrides.push(crate::model::Override {
+            context_name: "plan".into(),
+            values: vec!["enterprise".into()],
+        });
+        let s = set(vec![
+            FlagDefinition::new("f")
+                .enable_in(ENV, vec![])
+                .variant(Variant::new("zero", 500))
+                .variant(v1),
+        ]);
+        let e = s.evaluate("f", &Context::new().user_id("a").plan("enterprise"));
+        assert_eq!(e.variant.unwrap().name, "one");
+        assert_eq!(e.variant.unwrap().reason, VariantReason::Override);
+        assert_eq!(e.variant.unwrap().payload.unwrap().value, "1");
+        let off = s.variant("missing", &Context::new());
+        assert_eq!((off.name, off.enabled, off.feature_enabled), ("disabled", false, false));
+    }
+
+    fn rollout(percent: u32) -> FlagSet {
+        set(vec![
+            FlagDefinition::new("r").enable_in(ENV, vec![Strategy::rollout(percent, "userId", "grp")]),
+        ])
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// A user's bucket depends only on group and user: the same answer from sets
+        /// compiled separately, and monotone in the percentage.
+        #[test]
+        fn bucketing_is_stable_and_monotone(user in "[a-zA-Z0-9-]{1,40}", p in 0u32..=100) {
+            let ctx = Context::new().user_id(&user);
+            let a = rollout(p).is_enabled("r", &ctx);
+            prop_assert_eq!(a, rollout(p).is_enabled("r", &ctx));
+            if a && p < 100 {
+                prop_assert!(rollout(p + 1).is_enabled("r", &ctx));
+            }
+            let bucket = crate::murmur::Prefix::new("grp", 0).bucket(&user, 100);
+            prop_assert_eq!(a, bucket <= p);
+        }
+    }
+
+    #[test]
+    fn rollout_and_variant_shares_match_their_weights() {
+        let n = 20_000;
+        let users: Vec<Context> = (0..n).map(|i| Context::new().user_id(format!("u{i}"))).collect();
+        let r = rollout(30);
+        let on = users.iter().filter(|c| r.is_enabled("r", c)).count() as f64 / n as f64;
+        assert!((on - 0.30).abs() < 0.02, "{on}");
+        let s = set(vec![
+            FlagDefinition::new("v")
+                .enable_in(ENV, vec![])
+                .variant(Variant::new("a", 200))
+                .variant(Variant::new("b", 300))
+                .variant(Variant::new("c", 500)),
+        ]);
+        let mut counts = std::collections::HashMap::new();
+        for c in &users {
+            *counts.entry(s.variant("v", c).name).or_insert(0usize) += 1;
+        }
+        for (name, share) in [("a", 0.2), ("b", 0.3), ("c", 0.5)] {
+            let got = counts[name] as f64 / n as f64;
+            assert!((got - share).abs() < 0.02, "{name}: {got}");
+        }
+    }
+}

@@ -4,7 +4,9 @@ use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use saas_core::audit::Actor;
 use saas_core::{Principal, TenantId, UserId};
-use saas_flags::{FlagAdmin, FlagDefinition, Flags, FlagsLayer, FlagStore, Plan, Reason, RequireFlag, Strategy, Variant};
+use saas_flags::{
+    FlagAdmin, FlagDefinition, FlagStore, Flags, FlagsLayer, Plan, Reason, RequireFlag, Strategy, Variant,
+};
 use saas_tenancy::PlatformPool;
 use tower::ServiceExt;
 
@@ -22,7 +24,13 @@ async fn flags_layer_binds_the_request_context_and_require_flag_hides_routes() {
     let actor = Actor::System("test".into());
     let beta = TenantId::new();
     admin
-        .create(&actor, FlagDefinition::new("new-search").enable_in("production", vec![]).plans(["pro"]).tenant_override(beta, true))
+        .create(
+            &actor,
+            FlagDefinition::new("new-search")
+                .enable_in("production", vec![])
+                .plans(["pro"])
+                .tenant_override(beta, true),
+        )
         .await
         .unwrap();
     admin
@@ -34,12 +42,19 @@ async fn flags_layer_binds_the_request_context_and_require_flag_hides_routes() {
         )
         .await
         .unwrap();
-    let store = FlagStore::builder(db.app().clone(), "production").listen(false).load().await.unwrap();
+    let store = FlagStore::builder(db.app().clone(), "production")
+        .listen(false)
+        .load()
+        .await
+        .unwrap();
 
     let app = Router::new()
         .route("/search", get(handler).route_layer(RequireFlag::new("new-search")))
         .route("/open", get(handler))
-        .route("/unreleased", get(|| async { "hidden" }).route_layer(RequireFlag::new("not-defined")))
+        .route(
+            "/unreleased",
+            get(|| async { "hidden" }).route_layer(RequireFlag::new("not-defined")),
+        )
         .layer(FlagsLayer::new(store.clone()).enrich(|parts, ctx| {
             if let Some(v) = parts.headers.get("x-app-version").and_then(|v| v.to_str().ok()) {
                 ctx.set_property("appVersion", v);
@@ -47,7 +62,10 @@ async fn flags_layer_binds_the_request_context_and_require_flag_hides_routes() {
         }));
 
     let call = |path: &str, tenant: Option<TenantId>, plan: Option<&str>| {
-        let mut req = Request::get(path).header("x-app-version", "1.2.3").body(axum::body::Body::empty()).unwrap();
+        let mut req = Request::get(path)
+            .header("x-app-version", "1.2.3")
+            .body(axum::body::Body::empty())
+            .unwrap();
         req.extensions_mut().insert(Principal::user(UserId::new()));
         if let Some(t) = tenant {
             req.extensions_mut().insert(t);
@@ -75,7 +93,10 @@ async fn flags_layer_binds_the_request_context_and_require_flag_hides_routes() {
     let res = call("/open", Some(TenantId::new()), None).await.unwrap();
     assert_eq!(body(res).await, "false blue");
     // An unknown flag hides its route.
-    assert_eq!(call("/unreleased", None, None).await.unwrap().status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        call("/unreleased", None, None).await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
 
     // The context the layer built.
     let parts = {
@@ -88,10 +109,16 @@ async fn flags_layer_binds_the_request_context_and_require_flag_hides_routes() {
     assert_eq!(ctx.get("tenantId"), Some(beta.to_string().as_str()));
     assert_eq!(ctx.get("plan"), Some("pro"));
     assert_eq!(ctx.get("environment"), Some("production"));
-    assert_eq!(store.snapshot().evaluate("new-search", &ctx).reason, Reason::TenantOverride);
+    assert_eq!(
+        store.snapshot().evaluate("new-search", &ctx).reason,
+        Reason::TenantOverride
+    );
 
     // Without FlagsLayer, RequireFlag answers 500 (a wiring mistake), never 200.
     let bare = Router::new().route("/x", get(|| async { "x" }).route_layer(RequireFlag::new("new-search")));
-    let res = bare.oneshot(Request::get("/x").body(axum::body::Body::empty()).unwrap()).await.unwrap();
+    let res = bare
+        .oneshot(Request::get("/x").body(axum::body::Body::empty()).unwrap())
+        .await
+        .unwrap();
     assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
 }

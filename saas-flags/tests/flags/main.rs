@@ -10,5 +10,7 @@ mod store;
 use saas_core::testkit::TestDb;
 
 pub async fn db() -> TestDb {
-    TestDb::new(&[&saas_core::MIGRATOR, &saas_tenancy::MIGRATOR, &saas_flags::MIGRATOR]).await.unwrap()
+    TestDb::new(&[&saas_core::MIGRATOR, &saas_tenancy::MIGRATOR, &saas_flags::MIGRATOR])
+        .await
+        .unwrap()
 }

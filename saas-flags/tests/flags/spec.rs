@@ -13,7 +13,9 @@ fn spec_dir() -> PathBuf {
     if let Ok(dir) = std::env::var("UNLEASH_SPEC_DIR") {
         return PathBuf::from(dir);
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/unleash-client-specification").join(VERSION);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/unleash-client-specification")
+        .join(VERSION);
     let dir = root.join("package/specifications");
     if dir.join("index.json").exists() {
         return dir;
@@ -24,9 +26,17 @@ fn spec_dir() -> PathBuf {
         .current_dir(&root)
         .output()
         .expect("npm is needed to fetch Unleash's client specification (or set UNLEASH_SPEC_DIR)");
-    assert!(out.status.success(), "npm pack failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "npm pack failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let tarball = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    let status = Command::new("tar").args(["xzf", &tarball]).current_dir(&root).status().unwrap();
+    let status = Command::new("tar")
+        .args(["xzf", &tarball])
+        .current_dir(&root)
+        .status()
+        .unwrap();
     assert!(status.success());
     dir
 }
@@ -35,7 +45,12 @@ fn spec_dir() -> PathBuf {
 fn passes_every_file_of_the_unleash_client_specification() {
     let dir = spec_dir();
     let files = spec::files(&dir).unwrap();
-    assert!(files.len() >= 20, "expected the whole specification in {}, found {} files", dir.display(), files.len());
+    assert!(
+        files.len() >= 20,
+        "expected the whole specification in {}, found {} files",
+        dir.display(),
+        files.len()
+    );
     let (mut passed, mut failed) = (0, Vec::new());
     for f in files {
         let r = spec::run_file(&f).unwrap();
