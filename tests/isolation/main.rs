@@ -32,6 +32,7 @@ use saas_tests::chrono::Duration;
 use tower::{ServiceBuilder, ServiceExt};
 
 mod authz;
+mod flags;
 
 fn code(e: &sqlx::Error) -> String {
     e.as_database_error()

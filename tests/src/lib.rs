@@ -55,9 +55,14 @@ pub struct Fixture {
 impl Fixture {
     /// Builds the database, schema, tenants and data.
     pub async fn new() -> Self {
-        let db = TestDb::new(&[&saas_core::MIGRATOR, &saas_tenancy::MIGRATOR, &saas_authz::MIGRATOR])
-            .await
-            .unwrap();
+        let db = TestDb::new(&[
+            &saas_core::MIGRATOR,
+            &saas_tenancy::MIGRATOR,
+            &saas_authz::MIGRATOR,
+            &saas_flags::MIGRATOR,
+        ])
+        .await
+        .unwrap();
         sqlx::raw_sql(SCHEMA).execute(db.owner()).await.unwrap();
         let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 6, 1, 9, 0, 0).unwrap());
         let (alice, bob) = (UserId::new(), UserId::new());
