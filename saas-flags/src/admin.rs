@@ -18,7 +18,7 @@ use sqlx::{PgConnection, Row};
 use crate::compile::{FlagSetBuilder, Mode, Versioned, validate_name};
 use crate::error::{DefinitionError, FlagError};
 use crate::model::{EnvironmentConfig, FlagDefinition, Segment};
-use crate::store::CHANNEL;
+use crate::store::{CHANNEL, parse_stored};
 use crate::unleash::ClientFeatures;
 
 const REASON: &str = "flags.admin";
@@ -106,19 +106,7 @@ impl FlagAdmin {
         if current(&mut tx, &def.name, true).await?.is_some() {
             return Err(FlagError::Exists(def.name));
         }
-        self.validate(&mut tx, &def).await?;
-        let now = self.clock.now();
-        sqlx::query(
-            "INSERT INTO saas.flags (name, definition, version, change_seq, created_at, updated_at) \
-             VALUES ($1, $2, 1, nextval('saas.flag_changes'), $3, $3)",
-        )
-        .bind(&def.name)
-        .bind(to_json(&def))
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        self.audit(&mut tx, actor, "flag.created", &def.name, None, Some(&def))
-            .await?;
+        self.insert_new(&mut tx, actor, &def).await?;
         notify(&mut tx).await?;
         tx.commit().await?;
         Ok(1)
@@ -292,19 +280,10 @@ impl FlagAdmin {
         for incoming in parents.into_iter().chain(children) {
             let name = incoming.name.clone();
             match current(&mut tx, &name, true).await? {
-                None => {
-                    self.validate(&mut tx, &incoming).await?;
-                    sqlx::query(
-                        "INSERT INTO saas.flags (name, definition, version, change_seq, created_at, updated_at) \
-                         VALUES ($1, $2, 1, nextval('saas.flag_changes'), $3, $3)",
-                    )
-                    .bind(&name)
-                    .bind(to_json(&incoming))
-                    .bind(self.clock.now())
-                    .execute(&mut *tx)
-                    .await?;
-                    self.audit(&mut tx, actor, "flag.created", &name, None, Some(&incoming))
-                        .await?;
+                None => self.insert_new(&mut tx, actor, &incoming).await?,
+                Some(_) if current(&mut tx, &name, false).await?.is_none() => {
+                    // Archived: its name stays taken, as for `create`.
+                    return Err(FlagError::Exists(name));
                 }
                 Some(_) => {
                     self.change_in(&mut tx, actor, &name, None, "flag.updated", |mut d| {
@@ -380,8 +359,7 @@ impl FlagAdmin {
         tx.commit().await?;
         let mut out = Vec::new();
         for r in rows {
-            let def: FlagDefinition = serde_json::from_value(r.try_get("definition")?)
-                .map_err(|e| FlagError::Payload(format!("stored definition: {e}")))?;
+            let def: FlagDefinition = parse_stored(r.try_get("definition")?)?;
             let created: DateTime<Utc> = r.try_get("created_at")?;
             let updated: DateTime<Utc> = r.try_get("updated_at")?;
             let last: Option<DateTime<Utc>> = r.try_get("last_evaluated_at")?;
@@ -398,6 +376,21 @@ impl FlagAdmin {
             }
         }
         Ok(out)
+    }
+
+    /// Validates, inserts (version 1) and audits a new flag.
+    async fn insert_new(&self, tx: &mut PgConnection, actor: &Actor, def: &FlagDefinition) -> Result<(), FlagError> {
+        self.validate(tx, def).await?;
+        sqlx::query(
+            "INSERT INTO saas.flags (name, definition, version, change_seq, created_at, updated_at) \
+             VALUES ($1, $2, 1, nextval('saas.flag_changes'), $3, $3)",
+        )
+        .bind(&def.name)
+        .bind(to_json(def))
+        .bind(self.clock.now())
+        .execute(&mut *tx)
+        .await?;
+        self.audit(tx, actor, "flag.created", &def.name, None, Some(def)).await
     }
 
     async fn change<F>(
@@ -573,8 +566,7 @@ async fn current(
     if !include_archived && r.try_get::<bool, _>("archived")? {
         return Ok(None);
     }
-    let def = serde_json::from_value(r.try_get("definition")?)
-        .map_err(|e| FlagError::Payload(format!("stored definition: {e}")))?;
+    let def = parse_stored(r.try_get("definition")?)?;
     Ok(Some((def, r.try_get("version")?)))
 }
 
@@ -584,8 +576,7 @@ async fn active(tx: &mut PgConnection) -> Result<Vec<Versioned>, FlagError> {
         .await?;
     rows.into_iter()
         .map(|r| {
-            let definition = serde_json::from_value(r.try_get("definition")?)
-                .map_err(|e| FlagError::Payload(format!("stored definition: {e}")))?;
+            let definition = parse_stored(r.try_get("definition")?)?;
             Ok(Versioned {
                 definition,
                 version: r.try_get("version")?,

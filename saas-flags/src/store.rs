@@ -305,9 +305,7 @@ async fn load_definitions(pool: &PgPool) -> Result<Loaded, FlagError> {
             .await?;
     let mut flags = Vec::with_capacity(rows.len());
     for r in rows {
-        let json: serde_json::Value = r.try_get("definition")?;
-        let definition: FlagDefinition =
-            serde_json::from_value(json).map_err(|e| FlagError::Payload(format!("stored definition: {e}")))?;
+        let definition = parse_stored(r.try_get("definition")?)?;
         flags.push((
             Versioned {
                 definition,
@@ -333,6 +331,11 @@ async fn load_definitions(pool: &PgPool) -> Result<Loaded, FlagError> {
     }
     tx.commit().await?;
     Ok((flags, (segments, seg_version)))
+}
+
+/// A definition read back from `saas.flags`.
+pub(crate) fn parse_stored(json: serde_json::Value) -> Result<FlagDefinition, FlagError> {
+    serde_json::from_value(json).map_err(|e| FlagError::Payload(format!("stored definition: {e}")))
 }
 
 fn spawn_listener(weak: Weak<Inner>) {
