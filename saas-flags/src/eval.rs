@@ -595,6 +595,40 @@ mod tests {
         }
     }
 
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        /// Any weights adding up to 1000: each variant's share of 10,000 users is within
+        /// 2.5 points of its weight, and a user keeps their variant across recompiles.
+        #[test]
+        fn variant_shares_follow_random_weights(cuts in proptest::collection::btree_set(1u32..1000, 1..5)) {
+            let mut bounds: Vec<u32> = cuts.into_iter().collect();
+            bounds.push(1000);
+            let mut prev = 0;
+            let mut def = FlagDefinition::new("v").enable_in(ENV, vec![]);
+            let mut weights = Vec::new();
+            for (i, b) in bounds.iter().enumerate() {
+                def = def.variant(Variant::new(format!("v{i}"), (*b - prev) as i32));
+                weights.push(f64::from(*b - prev) / 1000.0);
+                prev = *b;
+            }
+            let s = set(vec![def.clone()]);
+            let again = set(vec![def]);
+            let n = 10_000;
+            let mut counts = vec![0usize; weights.len()];
+            for i in 0..n {
+                let ctx = Context::new().user_id(format!("user-{i}"));
+                let name = s.variant("v", &ctx).name;
+                prop_assert_eq!(name, again.variant("v", &ctx).name);
+                counts[name[1..].parse::<usize>().unwrap()] += 1;
+            }
+            for (c, w) in counts.iter().zip(&weights) {
+                let share = *c as f64 / n as f64;
+                prop_assert!((share - w).abs() < 0.025, "share {} for weight {}", share, w);
+            }
+        }
+    }
+
     #[test]
     fn rollout_and_variant_shares_match_their_weights() {
         let n = 20_000;

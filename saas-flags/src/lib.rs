@@ -15,7 +15,7 @@
 //! | [`FlagStore`] | PostgreSQL + `LISTEN/NOTIFY` + snapshot file; usage counts |
 //! | [`FlagAdmin`] | validated, audited changes; history; stale report; Unleash import/export |
 //! | [`FlagsLayer`], [`Flags`], [`RequireFlag`] | tower layers and the per-request handle (axum extractor with `axum`) |
-//! | [`Engine`], [`unleash`] | follow an Unleash server's payload or delta stream standalone |
+//! | [`Engine`], [`unleash`] | run standalone on an Unleash payload or delta stream; follow an Unleash server (`unleash-client` feature) |
 //! | `openfeature` (feature) | an OpenFeature provider |
 //!
 //! ## Evaluate

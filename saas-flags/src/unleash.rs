@@ -465,3 +465,110 @@ pub mod spec {
         Ok(out)
     }
 }
+
+#[cfg(feature = "unleash-client")]
+pub use follow::Follower;
+
+#[cfg(feature = "unleash-client")]
+mod follow {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use http::StatusCode;
+    use http::header::{AUTHORIZATION, ETAG, IF_NONE_MATCH};
+
+    use super::ClientFeatures;
+    use crate::engine::Engine;
+    use crate::error::FlagError;
+
+    /// Follows an Unleash server: polls its client API (`GET /api/client/features`,
+    /// with the client token and `If-None-Match`) and swaps each new payload into an
+    /// [`Engine`]. Feature `unleash-client`.
+    #[derive(Debug, Clone)]
+    pub struct Follower {
+        http: reqwest::Client,
+        url: String,
+        token: String,
+        app_name: String,
+        instance_id: String,
+        etag: Arc<std::sync::Mutex<Option<String>>>,
+    }
+
+    impl Follower {
+        /// Follows the server at `base_url` (such as `https://unleash.example.com/api`'s
+        /// parent, `https://unleash.example.com`) with a client `token`.
+        pub fn new(base_url: &str, token: impl Into<String>) -> Self {
+            Follower {
+                http: reqwest::Client::builder()
+                    .timeout(Duration::from_secs(10))
+                    .build()
+                    .unwrap_or_else(|_| reqwest::Client::new()),
+                url: format!("{}/api/client/features", base_url.trim_end_matches('/')),
+                token: token.into(),
+                app_name: "saas-flags".into(),
+                instance_id: format!("saas-flags-{}", std::process::id()),
+                etag: Arc::default(),
+            }
+        }
+
+        /// The application name sent to the server.
+        pub fn app_name(mut self, name: impl Into<String>) -> Self {
+            self.app_name = name.into();
+            self
+        }
+
+        /// Fetches once; `true` when a new payload was applied, `false` on 304.
+        pub async fn poll(&self, engine: &Engine) -> Result<bool, FlagError> {
+            let etag = self.etag.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let mut req = self
+                .http
+                .get(&self.url)
+                .header(AUTHORIZATION, &self.token)
+                .header("unleash-appname", &self.app_name)
+                .header("unleash-instanceid", &self.instance_id)
+                .header("unleash-client-spec", "6.1.0");
+            if let Some(tag) = &etag {
+                req = req.header(IF_NONE_MATCH, tag);
+            }
+            let res = req
+                .send()
+                .await
+                .map_err(|e| FlagError::Payload(format!("unleash server: {e}")))?;
+            match res.status() {
+                StatusCode::NOT_MODIFIED => return Ok(false),
+                s if s.is_success() => {}
+                s => return Err(FlagError::Payload(format!("unleash server answered {s}"))),
+            }
+            let tag = res.headers().get(ETAG).and_then(|v| v.to_str().ok()).map(str::to_owned);
+            let body = res
+                .bytes()
+                .await
+                .map_err(|e| FlagError::Payload(format!("unleash server: {e}")))?;
+            let features = ClientFeatures::from_json(&body)?;
+            engine.apply_unleash(features);
+            for w in engine.load().warnings() {
+                tracing::warn!(flag = %w.flag, message = %w.message, "unleash flag is off: it does not compile");
+            }
+            *self.etag.lock().unwrap_or_else(|e| e.into_inner()) = tag;
+            Ok(true)
+        }
+
+        /// Polls every `every` until the engine is dropped; failures are logged and the
+        /// last payload stays in use.
+        pub fn spawn(self, engine: Arc<Engine>, every: Duration) -> tokio::task::JoinHandle<()> {
+            let weak = Arc::downgrade(&engine);
+            drop(engine);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let Some(engine) = weak.upgrade() else { return };
+                    if let Err(e) = self.poll(&engine).await {
+                        tracing::warn!(error = %e, "polling the unleash server failed; keeping the last flags");
+                    }
+                }
+            })
+        }
+    }
+}

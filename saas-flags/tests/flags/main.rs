@@ -2,6 +2,7 @@
 //! layers, through OpenFeature, and against Unleash's client specification.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod follow;
 mod layer;
 mod openfeature;
 mod spec;
