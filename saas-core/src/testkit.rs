@@ -67,6 +67,7 @@ pub struct TestDb {
     app: PgPool,
     platform: PgPool,
     app_options: PgConnectOptions,
+    platform_options: PgConnectOptions,
 }
 
 impl std::fmt::Debug for TestDb {
@@ -195,8 +196,9 @@ impl TestDb {
         let db = Self {
             owner: pool(3).connect_lazy_with(owner_options),
             app: pool(8).connect_lazy_with(app_options.clone()),
-            platform: pool(3).connect_lazy_with(platform_options),
+            platform: pool(3).connect_lazy_with(platform_options.clone()),
             app_options,
+            platform_options,
             admin,
             name,
         };
@@ -226,6 +228,28 @@ impl TestDb {
     /// Connection options for the application role (for pools a test builds itself).
     pub fn app_options(&self) -> PgConnectOptions {
         self.app_options.clone()
+    }
+
+    /// Connection options for the platform role (for pools a test builds itself).
+    pub fn platform_options(&self) -> PgConnectOptions {
+        self.platform_options.clone()
+    }
+
+    /// A `postgres://` URL for the application role (`platform = false`) or the platform
+    /// role, for a process a test starts.
+    pub fn url(&self, platform: bool) -> String {
+        let o = if platform {
+            &self.platform_options
+        } else {
+            &self.app_options
+        };
+        let user = if platform { PLATFORM_ROLE } else { APP_ROLE };
+        format!(
+            "postgres://{user}:{ROLE_PASSWORD}@{}:{}/{}?sslmode=disable",
+            o.get_host(),
+            o.get_port(),
+            self.name
+        )
     }
 
     /// Begins a transaction on `pool` with `app.tenant_id` set to `tenant` for it.

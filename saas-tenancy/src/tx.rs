@@ -95,6 +95,13 @@ impl PlatformPool {
     pub fn new(pool: PgPool) -> Self {
         Self(pool)
     }
+
+    /// The pool itself, for infrastructure whose statements are cross-tenant by nature and
+    /// each complete on their own (a job queue claiming work for all tenants). Anything
+    /// that reads or changes tenant data goes through [`SystemTx`].
+    pub fn as_pool(&self) -> &PgPool {
+        &self.0
+    }
 }
 
 /// A transaction outside any tenant, for platform jobs and audited cross-tenant work.

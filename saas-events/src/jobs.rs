@@ -1,0 +1,155 @@
+//! [`Jobs`]: inspecting and operating the queue — dead letters, replay, pruning, depth.
+
+use chrono::{DateTime, Utc};
+use saas_core::TenantId;
+use saas_tenancy::PlatformPool;
+use serde_json::Value;
+use sqlx::Row;
+
+use crate::error::JobsError;
+use crate::job::JobId;
+
+/// A dead-lettered job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadJob {
+    /// Its id.
+    pub id: JobId,
+    /// Queue.
+    pub queue: String,
+    /// Event kind.
+    pub kind: String,
+    /// Tenant, if any.
+    pub tenant: Option<TenantId>,
+    /// The event.
+    pub payload: Value,
+    /// Attempts made.
+    pub attempts: i32,
+    /// The last error.
+    pub last_error: Option<String>,
+    /// When it died.
+    pub died_at: Option<DateTime<Utc>>,
+}
+
+/// Pending jobs of one queue and tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Depth {
+    /// Queue.
+    pub queue: String,
+    /// Tenant (`None`: platform-level).
+    pub tenant: Option<TenantId>,
+    /// Pending jobs.
+    pub pending: i64,
+}
+
+/// Queue operations for operators (platform role).
+#[derive(Debug, Clone)]
+pub struct Jobs {
+    pool: PlatformPool,
+}
+
+impl Jobs {
+    /// Operations through the platform pool.
+    pub fn new(pool: PlatformPool) -> Self {
+        Jobs { pool }
+    }
+
+    /// Dead-lettered jobs of `queue`, newest first.
+    pub async fn dead(&self, queue: &str, limit: i64) -> Result<Vec<DeadJob>, JobsError> {
+        let rows = sqlx::query(
+            "SELECT id, queue, kind, tenant_id, payload, attempts, last_error, finished_at FROM saas.jobs \
+             WHERE queue = $1 AND state = 'dead' ORDER BY finished_at DESC NULLS LAST LIMIT $2",
+        )
+        .bind(queue)
+        .bind(limit)
+        .fetch_all(self.pool.as_pool())
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(DeadJob {
+                    id: JobId::from_uuid(r.try_get("id")?),
+                    queue: r.try_get("queue")?,
+                    kind: r.try_get("kind")?,
+                    tenant: r
+                        .try_get::<Option<uuid::Uuid>, _>("tenant_id")?
+                        .map(TenantId::from_uuid),
+                    payload: r.try_get("payload")?,
+                    attempts: r.try_get("attempts")?,
+                    last_error: r.try_get("last_error")?,
+                    died_at: r.try_get("finished_at")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
+    /// Puts a dead job back in its queue with its attempts reset.
+    pub async fn replay(&self, id: JobId) -> Result<(), JobsError> {
+        let r = sqlx::query(
+            "UPDATE saas.jobs SET state = 'pending', attempts = 0, run_at = now(), finished_at = NULL \
+             WHERE id = $1 AND state = 'dead'",
+        )
+        .bind(id)
+        .execute(self.pool.as_pool())
+        .await?;
+        if r.rows_affected() == 0 {
+            return Err(JobsError::NotFound);
+        }
+        sqlx::query("SELECT pg_notify($1, queue) FROM saas.jobs WHERE id = $2")
+            .bind(crate::event::CHANNEL)
+            .bind(id)
+            .execute(self.pool.as_pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes finished jobs older than `before`, `batch` rows per statement; returns how many.
+    pub async fn prune(&self, before: DateTime<Utc>, batch: i64) -> Result<u64, JobsError> {
+        let mut total = 0;
+        loop {
+            let r = sqlx::query(
+                "DELETE FROM saas.jobs WHERE id IN (SELECT id FROM saas.jobs WHERE state = 'done' AND finished_at < $1 LIMIT $2)",
+            )
+            .bind(before)
+            .bind(batch.max(1))
+            .execute(self.pool.as_pool())
+            .await?;
+            total += r.rows_affected();
+            if r.rows_affected() < batch.max(1) as u64 {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Pending jobs per queue and tenant.
+    pub async fn depth(&self) -> Result<Vec<Depth>, JobsError> {
+        let rows = sqlx::query(
+            "SELECT queue, tenant_id, count(*) FROM saas.jobs WHERE state = 'pending' GROUP BY 1, 2 ORDER BY 1, 2",
+        )
+        .fetch_all(self.pool.as_pool())
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(Depth {
+                    queue: r.try_get(0)?,
+                    tenant: r.try_get::<Option<uuid::Uuid>, _>(1)?.map(TenantId::from_uuid),
+                    pending: r.try_get(2)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
+    /// Rescues running jobs past their visibility timeout now (workers do it periodically).
+    pub async fn rescue_expired(&self) -> Result<u64, JobsError> {
+        Ok(crate::worker::rescue(self.pool.as_pool()).await?)
+    }
+
+    /// A job's state (`pending`, `running`, `done`, `dead`) and attempts.
+    pub async fn state(&self, id: JobId) -> Result<(String, i32), JobsError> {
+        let r: Option<(String, i32)> = sqlx::query_as("SELECT state, attempts FROM saas.jobs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(self.pool.as_pool())
+            .await?;
+        r.ok_or(JobsError::NotFound)
+    }
+}

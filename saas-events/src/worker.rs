@@ -1,0 +1,826 @@
+//! Workers: claim batches fairly across tenants with `FOR UPDATE SKIP LOCKED`, run the
+//! handlers, record outcomes in one statement per batch, retry with backoff, dead-letter,
+//! rescue jobs whose worker died, run schedules, and shut down gracefully.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use saas_core::TenantId;
+use saas_core::health::Heartbeats;
+use saas_tenancy::{PlatformPool, SystemTx};
+use serde_json::Value;
+use sqlx::postgres::PgListener;
+use sqlx::{PgConnection, PgPool, Row};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use crate::error::{JobsError, PublishError};
+use crate::event::{CHANNEL, Event, Publish, publish_with};
+use crate::job::{Handler, JobContext, JobError, JobId};
+
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+type ErasedHandler = Arc<dyn Fn(JobContext, Value) -> BoxFuture<'static, Result<(), JobError>> + Send + Sync>;
+type ScheduleFn =
+    Arc<dyn for<'c> Fn(&'c mut PgConnection, String) -> BoxFuture<'c, Result<(), PublishError>> + Send + Sync>;
+
+/// Exponential backoff with jitter: attempt *n* waits `base · 2^(n-1)`, capped at `max`,
+/// times a random factor in `[1 - jitter, 1 + jitter]`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Backoff {
+    /// The first delay.
+    pub base: Duration,
+    /// The longest delay.
+    pub max: Duration,
+    /// The random spread, 0 to 1.
+    pub jitter: f64,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(3600),
+            jitter: 0.25,
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay before the attempt after `attempt` (from 1).
+    pub fn delay(&self, attempt: i32) -> Duration {
+        let exp = u32::try_from(attempt.saturating_sub(1).clamp(0, 30)).unwrap_or(30);
+        let raw = self.base.saturating_mul(1u32 << exp).min(self.max);
+        let spread = self.jitter.clamp(0.0, 1.0);
+        let factor = 1.0 - spread + 2.0 * spread * random_unit();
+        raw.mul_f64(factor)
+    }
+}
+
+fn random_unit() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+struct Schedule {
+    name: String,
+    cron: croner::Cron,
+    expr: String,
+    publish: ScheduleFn,
+}
+
+/// Configures and starts workers.
+///
+/// ```no_run
+/// # async fn demo(platform: saas_tenancy::PlatformPool, app: sqlx::PgPool) {
+/// use saas_events::{Event, JobContext, JobError, Worker};
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct Welcome { email: String }
+/// impl Event for Welcome { const KIND: &'static str = "user.welcome"; }
+///
+/// let workers = Worker::builder(platform)
+///     .app_pool(app)
+///     .handle(|ctx: JobContext, e: Welcome| async move {
+///         let mut tx = ctx.tenant_tx().await?;   // scoped to the event's tenant
+///         // … send, record, …
+///         tx.commit().await.map_err(JobError::retry)?;
+///         Ok(())
+///     })
+///     .start()
+///     .await
+///     .unwrap();
+/// // on SIGTERM:
+/// workers.shutdown(std::time::Duration::from_secs(30)).await;
+/// # }
+/// ```
+pub struct WorkerBuilder {
+    platform: PlatformPool,
+    pool: PgPool,
+    app: Option<PgPool>,
+    queues: Vec<String>,
+    handlers: HashMap<&'static str, ErasedHandler>,
+    loops: usize,
+    batch: usize,
+    concurrency: usize,
+    visibility: Duration,
+    poll: Duration,
+    backoff: Backoff,
+    max_tenants: usize,
+    heartbeats: Option<Heartbeats>,
+    schedules: Vec<Schedule>,
+    keep_done: bool,
+}
+
+/// Entry point: [`Worker::builder`].
+#[derive(Debug)]
+pub struct Worker;
+
+impl Worker {
+    /// Workers claiming through `platform` (the platform role: they see every tenant's jobs).
+    pub fn builder(platform: PlatformPool) -> WorkerBuilder {
+        WorkerBuilder {
+            pool: platform.as_pool().clone(),
+            platform,
+            app: None,
+            queues: vec!["default".into()],
+            handlers: HashMap::new(),
+            loops: 1,
+            batch: 100,
+            concurrency: 32,
+            visibility: Duration::from_secs(300),
+            poll: Duration::from_secs(1),
+            backoff: Backoff::default(),
+            max_tenants: 64,
+            heartbeats: None,
+            schedules: Vec::new(),
+            keep_done: true,
+        }
+    }
+}
+
+impl WorkerBuilder {
+    /// The application pool tenant jobs' transactions are opened on.
+    pub fn app_pool(mut self, pool: PgPool) -> Self {
+        self.app = Some(pool);
+        self
+    }
+
+    /// The queues to serve (default `["default"]`).
+    pub fn queues<I, S>(mut self, queues: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.queues = queues.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Registers the handler for `E`; only registered kinds are claimed.
+    pub fn handle<E: Event, H: Handler<E>>(mut self, handler: H) -> Self {
+        let handler = Arc::new(handler);
+        let erased: ErasedHandler = Arc::new(move |ctx: JobContext, payload: Value| {
+            let handler = Arc::clone(&handler);
+            Box::pin(async move {
+                let event: E = serde_json::from_value(payload)
+                    .map_err(|e| JobError::fatal(format!("payload does not deserialise as {}: {e}", E::KIND)))?;
+                handler.handle(ctx, event).await
+            })
+        });
+        self.handlers.insert(E::KIND, erased);
+        self
+    }
+
+    /// Independent claim loops (default 1).
+    pub fn loops(mut self, n: usize) -> Self {
+        self.loops = n.max(1);
+        self
+    }
+
+    /// Jobs claimed per statement (default 100).
+    pub fn batch(mut self, n: usize) -> Self {
+        self.batch = n.clamp(1, 10_000);
+        self
+    }
+
+    /// Handlers running at once per loop (default 32).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// How long a claimed job stays invisible before another worker may rescue it (default
+    /// 5 min; running jobs are extended while their worker lives).
+    pub fn visibility_timeout(mut self, d: Duration) -> Self {
+        self.visibility = d.max(Duration::from_secs(1));
+        self
+    }
+
+    /// Polling interval when no notification arrives (default 1 s).
+    pub fn poll_interval(mut self, d: Duration) -> Self {
+        self.poll = d;
+        self
+    }
+
+    /// Retry delays.
+    pub fn backoff(mut self, b: Backoff) -> Self {
+        self.backoff = b;
+        self
+    }
+
+    /// Tenants served per claim (default 64): each gets an equal share of the batch.
+    pub fn max_tenants_per_claim(mut self, n: usize) -> Self {
+        self.max_tenants = n.clamp(1, 1000);
+        self
+    }
+
+    /// Reports each loop's liveness to `heartbeats` (for readiness).
+    pub fn heartbeats(mut self, heartbeats: Heartbeats) -> Self {
+        self.heartbeats = Some(heartbeats);
+        self
+    }
+
+    /// Deletes finished jobs at once instead of keeping them for [`crate::Jobs::prune`]
+    /// (faster; loses the record of what ran).
+    pub fn delete_finished(mut self) -> Self {
+        self.keep_done = false;
+        self
+    }
+
+    /// Publishes `make()` as a platform-level event at every tick of `cron` (UTC; five
+    /// fields, or six with seconds). Exactly one process enqueues each tick.
+    pub fn schedule<E: Event>(
+        mut self,
+        name: impl Into<String>,
+        cron: &str,
+        make: impl Fn() -> E + Send + Sync + 'static,
+    ) -> Result<Self, JobsError> {
+        let parsed = croner::Cron::from_str(cron).map_err(|e| JobsError::Cron {
+            expr: cron.into(),
+            reason: e.to_string(),
+        })?;
+        let make = Arc::new(make);
+        let publish: ScheduleFn = Arc::new(move |conn: &mut PgConnection, tick: String| {
+            let event = make();
+            Box::pin(async move { publish_with(conn, &event, &Publish::new().unique(tick)).await.map(drop) })
+        });
+        self.schedules.push(Schedule {
+            name: name.into(),
+            cron: parsed,
+            expr: cron.into(),
+            publish,
+        });
+        Ok(self)
+    }
+
+    /// Starts the loops, the listener and the housekeeping task.
+    pub async fn start(self) -> Result<WorkerHandle, JobsError> {
+        let kinds: Vec<String> = self.handlers.keys().map(|k| (*k).to_owned()).collect();
+        let me = Uuid::now_v7();
+        for s in &self.schedules {
+            let next = s
+                .cron
+                .find_next_occurrence(&Utc::now(), false)
+                .map_err(|e| JobsError::Cron {
+                    expr: s.expr.clone(),
+                    reason: e.to_string(),
+                })?;
+            sqlx::query(
+                "INSERT INTO saas.job_schedules (name, cron, next_run_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (name) DO UPDATE SET cron = excluded.cron, \
+                 next_run_at = CASE WHEN saas.job_schedules.cron = excluded.cron THEN saas.job_schedules.next_run_at ELSE excluded.next_run_at END",
+            )
+            .bind(&s.name)
+            .bind(&s.expr)
+            .bind(next)
+            .execute(&self.pool)
+            .await?;
+        }
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (wake_tx, wake_rx) = watch::channel(0u64);
+        let shared = Arc::new(Shared {
+            pool: self.pool.clone(),
+            platform: self.platform.clone(),
+            app: self.app.clone(),
+            kinds,
+            handlers: self.handlers,
+            me,
+            batch: self.batch,
+            concurrency: self.concurrency,
+            visibility: self.visibility,
+            poll: self.poll,
+            backoff: self.backoff,
+            max_tenants: self.max_tenants,
+            heartbeats: self.heartbeats,
+            grace_ms: AtomicU64::new(0),
+            keep_done: self.keep_done,
+        });
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(listen(self.pool.clone(), wake_tx, stop_rx.clone())));
+        tasks.push(tokio::spawn(housekeeping(
+            Arc::clone(&shared),
+            self.schedules,
+            stop_rx.clone(),
+        )));
+        for i in 0..self.loops {
+            let name = format!("saas-events-{}-{i}", &me.simple().to_string()[..8]);
+            tasks.push(tokio::spawn(run_loop(
+                Arc::clone(&shared),
+                self.queues.clone(),
+                name,
+                stop_rx.clone(),
+                wake_rx.clone(),
+            )));
+        }
+        Ok(WorkerHandle {
+            shared,
+            stop: stop_tx,
+            tasks,
+        })
+    }
+}
+
+/// Running workers. Dropping it leaves them running; call [`WorkerHandle::shutdown`].
+pub struct WorkerHandle {
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl WorkerHandle {
+    /// This process's worker id (the `locked_by` of the jobs it runs).
+    pub fn id(&self) -> Uuid {
+        self.shared.me
+    }
+
+    /// Stops claiming, lets in-flight handlers finish for up to `grace`, then cancels the
+    /// rest and hands their jobs back (pending, the attempt not counted).
+    pub async fn shutdown(self, grace: Duration) {
+        self.shared
+            .grace_ms
+            .store(grace.as_millis().try_into().unwrap_or(u64::MAX), Ordering::SeqCst);
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        match release(&self.shared.pool, self.shared.me).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(jobs = n, "worker shutdown: handed back unfinished jobs"),
+            Err(e) => {
+                tracing::warn!(error = %e, "worker shutdown: could not hand back jobs; the visibility timeout will")
+            }
+        }
+    }
+}
+
+struct Shared {
+    pool: PgPool,
+    platform: PlatformPool,
+    app: Option<PgPool>,
+    kinds: Vec<String>,
+    handlers: HashMap<&'static str, ErasedHandler>,
+    me: Uuid,
+    batch: usize,
+    concurrency: usize,
+    visibility: Duration,
+    poll: Duration,
+    backoff: Backoff,
+    max_tenants: usize,
+    heartbeats: Option<Heartbeats>,
+    grace_ms: AtomicU64,
+    keep_done: bool,
+}
+
+struct Claimed {
+    id: Uuid,
+    kind: String,
+    tenant: Option<Uuid>,
+    payload: Value,
+    attempts: i32,
+    max_attempts: i32,
+    created_at: DateTime<Utc>,
+    run_at: DateTime<Utc>,
+}
+
+enum Outcome {
+    Done(Uuid),
+    Failed {
+        id: Uuid,
+        attempts: i32,
+        max_attempts: i32,
+        error: JobError,
+    },
+}
+
+const CLAIM: &str = "\
+WITH RECURSIVE tenants(k) AS ( \
+    (SELECT tenant_key FROM saas.jobs WHERE queue = $1 AND state = 'pending' ORDER BY tenant_key LIMIT 1) \
+  UNION ALL \
+    SELECT (SELECT j.tenant_key FROM saas.jobs j WHERE j.queue = $1 AND j.state = 'pending' AND j.tenant_key > t.k \
+            ORDER BY j.tenant_key LIMIT 1) \
+    FROM tenants t WHERE t.k IS NOT NULL \
+), chosen AS ( \
+    SELECT k FROM (SELECT k FROM tenants WHERE k IS NOT NULL LIMIT 10000) a ORDER BY (k < $2), k LIMIT $3 \
+), picked AS ( \
+    SELECT c.id FROM chosen t CROSS JOIN LATERAL ( \
+        SELECT j.id FROM saas.jobs j \
+        WHERE j.queue = $1 AND j.state = 'pending' AND j.tenant_key = t.k AND j.run_at <= now() AND j.kind = ANY($7) \
+          AND (j.order_key IS NULL OR NOT EXISTS ( \
+                SELECT 1 FROM saas.jobs e WHERE e.queue = $1 AND e.order_key = j.order_key \
+                  AND e.state IN ('pending', 'running') AND e.seq < j.seq)) \
+        ORDER BY j.priority DESC, j.run_at, j.seq \
+        LIMIT $4 FOR UPDATE SKIP LOCKED) c \
+    LIMIT $8 \
+) \
+UPDATE saas.jobs j SET state = 'running', attempts = j.attempts + 1, \
+    locked_until = now() + make_interval(secs => $5), locked_by = $6 \
+FROM picked WHERE j.id = picked.id \
+RETURNING j.id, j.kind, j.tenant_id, j.payload, j.attempts, j.max_attempts, j.created_at, j.run_at";
+
+impl Shared {
+    async fn claim(&self, queue: &str, per_tenant: usize) -> Result<Vec<Claimed>, sqlx::Error> {
+        let start = Uuid::from_u64_pair((random_unit() * u64::MAX as f64) as u64, 0);
+        let rows = sqlx::query(CLAIM)
+            .bind(queue)
+            .bind(start)
+            .bind(self.max_tenants as i64)
+            .bind(per_tenant as i64)
+            .bind(self.visibility.as_secs_f64())
+            .bind(self.me)
+            .bind(&self.kinds)
+            .bind((self.batch * 2) as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(Claimed {
+                    id: r.try_get(0)?,
+                    kind: r.try_get(1)?,
+                    tenant: r.try_get(2)?,
+                    payload: r.try_get(3)?,
+                    attempts: r.try_get(4)?,
+                    max_attempts: r.try_get(5)?,
+                    created_at: r.try_get(6)?,
+                    run_at: r.try_get(7)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn run_one(&self, queue: &str, job: Claimed) -> Outcome {
+        let started = Utc::now();
+        let waited = (started - job.created_at.max(job.run_at)).to_std().unwrap_or_default();
+        metrics::histogram!("saas_events_job_wait_seconds", "queue" => queue.to_owned()).record(waited.as_secs_f64());
+        let Some(handler) = self.handlers.get(job.kind.as_str()) else {
+            return Outcome::Failed {
+                id: job.id,
+                attempts: job.attempts,
+                max_attempts: job.max_attempts,
+                error: JobError::retry(format!("no handler for {}", job.kind)),
+            };
+        };
+        let ctx = JobContext {
+            id: JobId::from_uuid(job.id),
+            kind: job.kind.clone(),
+            queue: queue.to_owned(),
+            tenant: job.tenant.map(TenantId::from_uuid),
+            attempt: job.attempts,
+            max_attempts: job.max_attempts,
+            created_at: job.created_at,
+            app: self.app.clone(),
+            platform: self.platform.clone(),
+        };
+        let t = Instant::now();
+        let result = handler(ctx, job.payload).await;
+        metrics::histogram!("saas_events_job_run_seconds", "queue" => queue.to_owned(), "kind" => job.kind.clone())
+            .record(t.elapsed().as_secs_f64());
+        match result {
+            Ok(()) => Outcome::Done(job.id),
+            Err(error) => {
+                tracing::warn!(job = %job.id, kind = %job.kind, attempt = job.attempts, error = %error, "job failed");
+                Outcome::Failed {
+                    id: job.id,
+                    attempts: job.attempts,
+                    max_attempts: job.max_attempts,
+                    error,
+                }
+            }
+        }
+    }
+
+    async fn record(&self, queue: &str, outcomes: Vec<Outcome>) -> Result<(), sqlx::Error> {
+        let mut done = Vec::new();
+        let (mut ids, mut run_at, mut errors, mut dead) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let now = Utc::now();
+        for o in outcomes {
+            match o {
+                Outcome::Done(id) => done.push(id),
+                Outcome::Failed {
+                    id,
+                    attempts,
+                    max_attempts,
+                    error,
+                } => {
+                    let (is_dead, delay) = match &error {
+                        JobError::Fatal { .. } => (true, Duration::ZERO),
+                        JobError::Retry { after, .. } => (
+                            attempts >= max_attempts,
+                            after.unwrap_or_else(|| self.backoff.delay(attempts)),
+                        ),
+                    };
+                    ids.push(id);
+                    run_at.push(now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX));
+                    errors.push(error.message().chars().take(2000).collect::<String>());
+                    dead.push(is_dead);
+                }
+            }
+        }
+        if !done.is_empty() {
+            let sql = if self.keep_done {
+                "UPDATE saas.jobs SET state = 'done', finished_at = now(), locked_until = NULL \
+                 WHERE id = ANY($1) AND locked_by = $2 AND state = 'running'"
+            } else {
+                "DELETE FROM saas.jobs WHERE id = ANY($1) AND locked_by = $2 AND state = 'running'"
+            };
+            sqlx::query(sql).bind(&done).bind(self.me).execute(&self.pool).await?;
+            metrics::counter!("saas_events_jobs_total", "queue" => queue.to_owned(), "outcome" => "done")
+                .increment(done.len() as u64);
+        }
+        if !ids.is_empty() {
+            let rows = sqlx::query(
+                "UPDATE saas.jobs j SET \
+                   state = CASE WHEN u.dead THEN 'dead' ELSE 'pending' END, \
+                   run_at = CASE WHEN u.dead THEN j.run_at ELSE u.run_at END, \
+                   finished_at = CASE WHEN u.dead THEN now() END, \
+                   last_error = u.err, locked_until = NULL, locked_by = NULL \
+                 FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::bool[]) AS u(id, run_at, err, dead) \
+                 WHERE j.id = u.id AND j.locked_by = $5 AND j.state = 'running' \
+                 RETURNING j.kind, u.dead",
+            )
+            .bind(&ids)
+            .bind(&run_at)
+            .bind(&errors)
+            .bind(&dead)
+            .bind(self.me)
+            .fetch_all(&self.pool)
+            .await?;
+            for r in rows {
+                let kind: String = r.try_get(0)?;
+                let is_dead: bool = r.try_get(1)?;
+                let outcome = if is_dead { "dead" } else { "retry" };
+                metrics::counter!("saas_events_jobs_total", "queue" => queue.to_owned(), "outcome" => outcome)
+                    .increment(1);
+                if is_dead {
+                    metrics::counter!("saas_events_dead_letters_total", "queue" => queue.to_owned(), "kind" => kind.clone()).increment(1);
+                    tracing::error!(kind = %kind, "job dead-lettered");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn run_loop(
+    shared: Arc<Shared>,
+    queues: Vec<String>,
+    name: String,
+    mut stop: watch::Receiver<bool>,
+    mut wake: watch::Receiver<u64>,
+) {
+    let mut tenants_last = 1usize;
+    let mut qi = 0usize;
+    let mut idle_queues = 0usize;
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        if let Some(h) = &shared.heartbeats {
+            h.beat(&name);
+        }
+        wake.borrow_and_update();
+        let queue = queues[qi % queues.len()].clone();
+        let per_tenant = shared.batch.div_ceil(tenants_last.max(1));
+        let jobs = match shared.claim(&queue, per_tenant).await {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::warn!(error = %e, queue = %queue, "claiming jobs failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.changed() => {}
+                }
+                continue;
+            }
+        };
+        if jobs.is_empty() {
+            qi += 1;
+            idle_queues += 1;
+            if idle_queues >= queues.len() {
+                idle_queues = 0;
+                tokio::select! {
+                    _ = wake.changed() => {}
+                    _ = tokio::time::sleep(shared.poll) => {}
+                    _ = stop.changed() => {}
+                }
+            }
+            continue;
+        }
+        idle_queues = 0;
+        let mut tenants: Vec<Option<Uuid>> = jobs.iter().map(|j| j.tenant).collect();
+        tenants.sort_unstable();
+        tenants.dedup();
+        tenants_last = tenants.len();
+        let ids: Vec<Uuid> = jobs.iter().map(|j| j.id).collect();
+        let batch = futures_util::stream::iter(jobs)
+            .map(|j| shared.run_one(&queue, j))
+            .buffer_unordered(shared.concurrency);
+        let (outcomes, cancelled) = run_batch(&shared, &ids, batch, &mut stop).await;
+        if let Err(e) = shared.record(&queue, outcomes).await {
+            tracing::warn!(error = %e, "recording job outcomes failed; the jobs will be retried after the visibility timeout");
+        }
+        if cancelled {
+            // Shutdown's grace ran out: `shutdown` hands the unfinished jobs back.
+            break;
+        }
+    }
+    if let Some(h) = &shared.heartbeats {
+        h.remove(&name);
+    }
+}
+
+/// Runs a batch, extending the jobs' visibility while it runs. Returns the outcomes of
+/// the jobs that finished, and whether shutdown's grace ran out before the others did.
+async fn run_batch<S>(shared: &Shared, ids: &[Uuid], batch: S, stop: &mut watch::Receiver<bool>) -> (Vec<Outcome>, bool)
+where
+    S: futures_util::Stream<Item = Outcome>,
+{
+    let mut batch = std::pin::pin!(batch);
+    let mut outcomes = Vec::with_capacity(ids.len());
+    let mut extend = tokio::time::interval(shared.visibility / 3);
+    extend.tick().await;
+    let mut stopping = *stop.borrow();
+    let mut deadline = Box::pin(tokio::time::sleep(Duration::MAX / 4));
+    if stopping {
+        deadline
+            .as_mut()
+            .reset(tokio::time::Instant::now() + Duration::from_millis(shared.grace_ms.load(Ordering::SeqCst)));
+    }
+    loop {
+        tokio::select! {
+            next = batch.next() => match next {
+                Some(o) => outcomes.push(o),
+                None => return (outcomes, false),
+            },
+            _ = extend.tick() => {
+                let r = sqlx::query("UPDATE saas.jobs SET locked_until = now() + make_interval(secs => $3) \
+                                     WHERE id = ANY($1) AND locked_by = $2 AND state = 'running'")
+                    .bind(ids).bind(shared.me).bind(shared.visibility.as_secs_f64())
+                    .execute(&shared.pool).await;
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "extending running jobs failed");
+                }
+            }
+            _ = stop.changed(), if !stopping => {
+                stopping = true;
+                let grace = Duration::from_millis(shared.grace_ms.load(Ordering::SeqCst));
+                deadline.as_mut().reset(tokio::time::Instant::now() + grace);
+            }
+            _ = &mut deadline, if stopping => return (outcomes, true),
+        }
+    }
+}
+
+async fn release(pool: &PgPool, me: Uuid) -> Result<u64, sqlx::Error> {
+    let r = sqlx::query(
+        "UPDATE saas.jobs SET state = 'pending', attempts = greatest(attempts - 1, 0), locked_by = NULL, \
+         locked_until = NULL, run_at = now() WHERE locked_by = $1 AND state = 'running'",
+    )
+    .bind(me)
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected())
+}
+
+/// Wakes the loops on `NOTIFY saas_events`.
+async fn listen(pool: PgPool, wake: watch::Sender<u64>, mut stop: watch::Receiver<bool>) {
+    let mut n = 0u64;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "event listener could not connect; polling until it can");
+                tokio::select! { _ = tokio::time::sleep(Duration::from_secs(1)) => {}, _ = stop.changed() => {} }
+                continue;
+            }
+        };
+        if let Err(e) = listener.listen(CHANNEL).await {
+            tracing::warn!(error = %e, "event listener could not LISTEN");
+            tokio::select! { _ = tokio::time::sleep(Duration::from_secs(1)) => {}, _ = stop.changed() => {} }
+            continue;
+        }
+        loop {
+            tokio::select! {
+                r = listener.try_recv() => match r {
+                    Ok(_) => {
+                        n += 1;
+                        let _ = wake.send(n);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "event listener failed; reconnecting");
+                        break;
+                    }
+                },
+                _ = stop.changed() => return,
+            }
+        }
+    }
+}
+
+/// Rescues jobs whose worker died, publishes due schedules, reports queue depth.
+async fn housekeeping(shared: Arc<Shared>, schedules: Vec<Schedule>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let rescue_every = (shared.visibility / 4).max(Duration::from_secs(1));
+    let mut last_rescue = Instant::now() - rescue_every;
+    let mut last_depth = Instant::now() - Duration::from_secs(10);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        if last_rescue.elapsed() >= rescue_every {
+            last_rescue = Instant::now();
+            match rescue(&shared.pool).await {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(
+                    jobs = n,
+                    "rescued jobs past their visibility timeout (a worker died or stalled)"
+                ),
+                Err(e) => tracing::warn!(error = %e, "rescuing jobs failed"),
+            }
+        }
+        for s in &schedules {
+            if let Err(e) = run_schedule(&shared, s).await {
+                tracing::warn!(error = %e, schedule = %s.name, "schedule failed");
+            }
+        }
+        if last_depth.elapsed() >= Duration::from_secs(10) {
+            last_depth = Instant::now();
+            if let Err(e) = report_depth(&shared.pool).await {
+                tracing::debug!(error = %e, "queue depth query failed");
+            }
+        }
+    }
+}
+
+/// Returns running jobs past their visibility timeout to the queue (or the dead letters).
+pub(crate) async fn rescue(pool: &PgPool) -> Result<u64, sqlx::Error> {
+    let r = sqlx::query(
+        "UPDATE saas.jobs SET \
+           state = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'pending' END, \
+           finished_at = CASE WHEN attempts >= max_attempts THEN now() END, \
+           last_error = 'visibility timeout: the worker died or stalled', locked_by = NULL, locked_until = NULL \
+         WHERE state = 'running' AND locked_until < now()",
+    )
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected())
+}
+
+async fn run_schedule(shared: &Shared, s: &Schedule) -> Result<(), JobsError> {
+    let due: Option<DateTime<Utc>> =
+        sqlx::query_scalar("SELECT next_run_at FROM saas.job_schedules WHERE name = $1 AND next_run_at <= now()")
+            .bind(&s.name)
+            .fetch_optional(&shared.pool)
+            .await?;
+    let Some(due) = due else { return Ok(()) };
+    let next = s
+        .cron
+        .find_next_occurrence(&Utc::now(), false)
+        .map_err(|e| JobsError::Cron {
+            expr: s.expr.clone(),
+            reason: e.to_string(),
+        })?;
+    let mut tx = SystemTx::begin(&shared.platform, "events.schedule").await?;
+    let moved = sqlx::query("UPDATE saas.job_schedules SET next_run_at = $3 WHERE name = $1 AND next_run_at = $2")
+        .bind(&s.name)
+        .bind(due)
+        .bind(next)
+        .execute(&mut *tx)
+        .await?;
+    if moved.rows_affected() == 1 {
+        let key = format!("schedule:{}:{}", s.name, due.to_rfc3339());
+        (s.publish)(&mut tx, key).await.map_err(|e| match e {
+            PublishError::Database(e) => JobsError::Database(e),
+            other => JobsError::Database(sqlx::Error::Protocol(other.to_string())),
+        })?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn report_depth(pool: &PgPool) -> Result<(), sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT queue, tenant_id, count(*) AS n FROM saas.jobs WHERE state = 'pending' GROUP BY queue, tenant_id",
+    )
+    .fetch_all(pool)
+    .await?;
+    for r in rows {
+        let queue: String = r.try_get(0)?;
+        let tenant: Option<Uuid> = r.try_get(1)?;
+        let n: i64 = r.try_get(2)?;
+        let tenant = tenant.map(|t| t.to_string()).unwrap_or_else(|| "platform".into());
+        metrics::gauge!("saas_events_queue_depth", "queue" => queue, "tenant" => tenant).set(n as f64);
+    }
+    Ok(())
+}
