@@ -16,7 +16,7 @@ CREATE TABLE saas.jobs (
     priority     smallint    NOT NULL DEFAULT 0,
     run_at       timestamptz NOT NULL,
     created_at   timestamptz NOT NULL,
-    state        text        NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'running', 'done', 'dead')),
+    state        text        NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'running', 'dead')),
     attempts     integer     NOT NULL DEFAULT 0,
     max_attempts integer     NOT NULL CHECK (max_attempts BETWEEN 1 AND 1000),
     locked_until timestamptz,
@@ -33,7 +33,6 @@ CREATE UNIQUE INDEX jobs_unique ON saas.jobs (queue, unique_key) WHERE unique_ke
 -- Per-key order: the earliest unfinished job of a key goes first.
 CREATE INDEX jobs_order ON saas.jobs (queue, order_key, seq) WHERE order_key IS NOT NULL AND state IN ('pending', 'running');
 CREATE INDEX jobs_running ON saas.jobs (locked_until) WHERE state = 'running';
-CREATE INDEX jobs_finished ON saas.jobs (finished_at) WHERE state = 'done';
 CREATE INDEX jobs_dead ON saas.jobs (queue, finished_at) WHERE state = 'dead';
 
 ALTER TABLE saas.jobs ENABLE ROW LEVEL SECURITY;
@@ -46,6 +45,29 @@ CREATE POLICY tenant_isolation ON saas.jobs
 REVOKE ALL ON saas.jobs FROM PUBLIC;
 GRANT SELECT, INSERT ON saas.jobs TO saas_app;
 GRANT SELECT, INSERT, UPDATE, DELETE ON saas.jobs TO saas_platform;
+
+-- Finished jobs move here (one DELETE + INSERT, cheaper than keeping them in the queue
+-- table, which then holds only open work and dead letters); pruned by age.
+CREATE TABLE saas.jobs_done (
+    id          uuid        NOT NULL,
+    queue       text        NOT NULL,
+    kind        text        NOT NULL,
+    tenant_id   uuid,
+    attempts    integer     NOT NULL,
+    unique_key  text,
+    created_at  timestamptz NOT NULL,
+    finished_at timestamptz NOT NULL
+);
+CREATE INDEX jobs_done_finished ON saas.jobs_done USING brin (finished_at);
+CREATE INDEX jobs_done_id ON saas.jobs_done USING hash (id);
+ALTER TABLE saas.jobs_done ENABLE ROW LEVEL SECURITY;
+ALTER TABLE saas.jobs_done FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON saas.jobs_done
+    USING (tenant_id IS NOT DISTINCT FROM (SELECT saas.current_tenant_id()))
+    WITH CHECK (tenant_id IS NOT DISTINCT FROM (SELECT saas.current_tenant_id()));
+REVOKE ALL ON saas.jobs_done FROM PUBLIC;
+GRANT SELECT ON saas.jobs_done TO saas_app;
+GRANT SELECT, INSERT, DELETE ON saas.jobs_done TO saas_platform;
 
 -- Recurring jobs: the process that moves next_run_at forward enqueues the run.
 CREATE TABLE saas.job_schedules (

@@ -20,8 +20,8 @@ saas_core::define_id!(
 #[derive(Clone)]
 pub struct JobContext {
     pub(crate) id: JobId,
-    pub(crate) kind: String,
-    pub(crate) queue: String,
+    pub(crate) kind: &'static str,
+    pub(crate) queue: std::sync::Arc<str>,
     pub(crate) tenant: Option<TenantId>,
     pub(crate) attempt: i32,
     pub(crate) max_attempts: i32,
@@ -37,8 +37,8 @@ impl JobContext {
     }
 
     /// The event kind.
-    pub fn kind(&self) -> &str {
-        &self.kind
+    pub fn kind(&self) -> &'static str {
+        self.kind
     }
 
     /// The queue.

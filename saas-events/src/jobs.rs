@@ -102,12 +102,13 @@ impl Jobs {
         Ok(())
     }
 
-    /// Deletes finished jobs older than `before`, `batch` rows per statement; returns how many.
+    /// Deletes the record of jobs finished before `before`, `batch` rows per statement;
+    /// returns how many.
     pub async fn prune(&self, before: DateTime<Utc>, batch: i64) -> Result<u64, JobsError> {
         let mut total = 0;
         loop {
             let r = sqlx::query(
-                "DELETE FROM saas.jobs WHERE id IN (SELECT id FROM saas.jobs WHERE state = 'done' AND finished_at < $1 LIMIT $2)",
+                "DELETE FROM saas.jobs_done WHERE ctid = ANY(ARRAY(SELECT ctid FROM saas.jobs_done WHERE finished_at < $1 LIMIT $2))",
             )
             .bind(before)
             .bind(batch.max(1))
@@ -144,12 +145,16 @@ impl Jobs {
         Ok(crate::worker::rescue(self.pool.as_pool()).await?)
     }
 
-    /// A job's state (`pending`, `running`, `done`, `dead`) and attempts.
+    /// A job's state (`pending`, `running`, `dead`, or `done` while its record is kept)
+    /// and attempts.
     pub async fn state(&self, id: JobId) -> Result<(String, i32), JobsError> {
-        let r: Option<(String, i32)> = sqlx::query_as("SELECT state, attempts FROM saas.jobs WHERE id = $1")
-            .bind(id)
-            .fetch_optional(self.pool.as_pool())
-            .await?;
+        let r: Option<(String, i32)> = sqlx::query_as(
+            "SELECT state, attempts FROM saas.jobs WHERE id = $1 \
+             UNION ALL SELECT 'done', attempts FROM saas.jobs_done WHERE id = $1 LIMIT 1",
+        )
+        .bind(id)
+        .fetch_optional(self.pool.as_pool())
+        .await?;
         r.ok_or(JobsError::NotFound)
     }
 }

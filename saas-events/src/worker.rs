@@ -229,8 +229,8 @@ impl WorkerBuilder {
         self
     }
 
-    /// Deletes finished jobs at once instead of keeping them for [`crate::Jobs::prune`]
-    /// (faster; loses the record of what ran).
+    /// Deletes finished jobs instead of moving them to `saas.jobs_done` (kept for
+    /// [`crate::Jobs::prune`]); a little faster, and no record of what ran.
     pub fn delete_finished(mut self) -> Self {
         self.keep_done = false;
         self
@@ -265,6 +265,15 @@ impl WorkerBuilder {
     /// Starts the loops, the listener and the housekeeping task.
     pub async fn start(self) -> Result<WorkerHandle, JobsError> {
         let kinds: Vec<String> = self.handlers.keys().map(|k| (*k).to_owned()).collect();
+        let mut instruments = HashMap::new();
+        for q in &self.queues {
+            for k in self.handlers.keys() {
+                let q: Arc<str> = q.as_str().into();
+                let wait = metrics::histogram!("saas_events_job_wait_seconds", "queue" => q.to_string());
+                let run = metrics::histogram!("saas_events_job_run_seconds", "queue" => q.to_string(), "kind" => *k);
+                instruments.insert((q, *k), (wait, run));
+            }
+        }
         let me = Uuid::now_v7();
         for s in &self.schedules {
             let next = s
@@ -287,8 +296,22 @@ impl WorkerBuilder {
         }
         let (stop_tx, stop_rx) = watch::channel(false);
         let (wake_tx, wake_rx) = watch::channel(0u64);
+        // The worker's own statements (claims, completions, retries) skip the commit's
+        // disk flush: a crash can forget the last moments of them, which only means those
+        // jobs run again — delivery is at least once anyway. Business writes and publishes
+        // keep full durability.
+        let options = self
+            .pool
+            .connect_options()
+            .as_ref()
+            .clone()
+            .options([("synchronous_commit", "off")]);
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(u32::try_from(self.loops * 2 + 2).unwrap_or(u32::MAX))
+            .connect_with(options)
+            .await?;
         let shared = Arc::new(Shared {
-            pool: self.pool.clone(),
+            pool: pool.clone(),
             platform: self.platform.clone(),
             app: self.app.clone(),
             kinds,
@@ -303,9 +326,10 @@ impl WorkerBuilder {
             heartbeats: self.heartbeats,
             grace_ms: AtomicU64::new(0),
             keep_done: self.keep_done,
+            instruments,
         });
         let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(listen(self.pool.clone(), wake_tx, stop_rx.clone())));
+        tasks.push(tokio::spawn(listen(pool, wake_tx, stop_rx.clone())));
         tasks.push(tokio::spawn(housekeeping(
             Arc::clone(&shared),
             self.schedules,
@@ -315,7 +339,7 @@ impl WorkerBuilder {
             let name = format!("saas-events-{}-{i}", &me.simple().to_string()[..8]);
             tasks.push(tokio::spawn(run_loop(
                 Arc::clone(&shared),
-                self.queues.clone(),
+                self.queues.iter().map(|q| Arc::from(q.as_str())).collect(),
                 name,
                 stop_rx.clone(),
                 wake_rx.clone(),
@@ -378,6 +402,8 @@ struct Shared {
     heartbeats: Option<Heartbeats>,
     grace_ms: AtomicU64,
     keep_done: bool,
+    /// Wait and run-time histograms per (queue, kind), made once.
+    instruments: HashMap<(Arc<str>, &'static str), (metrics::Histogram, metrics::Histogram)>,
 }
 
 struct Claimed {
@@ -401,18 +427,25 @@ enum Outcome {
     },
 }
 
-const CLAIM: &str = "\
+/// The claim: the previous batch's finished jobs are recorded (`$9`) in the same
+/// statement, then up to `$8` jobs are taken from up to `$3` tenants with pending work
+/// (a loose index scan lists them, starting at the random `$2`), at most `$4` each, in
+/// priority / run-at / publishing order, skipping rows other workers hold and jobs whose
+/// order key has an earlier unfinished job.
+macro_rules! claim_sql {
+    ($finish:literal) => {
+        concat!("\
 WITH RECURSIVE tenants(k) AS ( \
     (SELECT tenant_key FROM saas.jobs WHERE queue = $1 AND state = 'pending' ORDER BY tenant_key LIMIT 1) \
   UNION ALL \
     SELECT (SELECT j.tenant_key FROM saas.jobs j WHERE j.queue = $1 AND j.state = 'pending' AND j.tenant_key > t.k \
             ORDER BY j.tenant_key LIMIT 1) \
     FROM tenants t WHERE t.k IS NOT NULL \
-), chosen AS ( \
+), ", $finish, ", chosen AS ( \
     SELECT k FROM (SELECT k FROM tenants WHERE k IS NOT NULL LIMIT 10000) a ORDER BY (k < $2), k LIMIT $3 \
 ), picked AS ( \
-    SELECT c.id FROM chosen t CROSS JOIN LATERAL ( \
-        SELECT j.id FROM saas.jobs j \
+    SELECT c.tid FROM chosen t CROSS JOIN LATERAL ( \
+        SELECT j.ctid AS tid FROM saas.jobs j \
         WHERE j.queue = $1 AND j.state = 'pending' AND j.tenant_key = t.k AND j.run_at <= now() AND j.kind = ANY($7) \
           AND (j.order_key IS NULL OR NOT EXISTS ( \
                 SELECT 1 FROM saas.jobs e WHERE e.queue = $1 AND e.order_key = j.order_key \
@@ -423,13 +456,33 @@ WITH RECURSIVE tenants(k) AS ( \
 ) \
 UPDATE saas.jobs j SET state = 'running', attempts = j.attempts + 1, \
     locked_until = now() + make_interval(secs => $5), locked_by = $6 \
-FROM picked WHERE j.id = picked.id \
-RETURNING j.id, j.kind, j.tenant_id, j.payload, j.attempts, j.max_attempts, j.created_at, j.run_at";
+FROM picked WHERE j.ctid = picked.tid \
+RETURNING j.id, j.kind, j.tenant_id, j.payload, j.attempts, j.max_attempts, j.created_at, j.run_at")
+    };
+}
+
+const CLAIM_KEEP: &str = claim_sql!(
+    "moved AS (DELETE FROM saas.jobs WHERE id = ANY($9) AND locked_by = $6 AND state = 'running' \
+       RETURNING id, queue, kind, tenant_id, attempts, unique_key, created_at), \
+     finished AS (INSERT INTO saas.jobs_done (id, queue, kind, tenant_id, attempts, unique_key, created_at, finished_at) \
+       SELECT id, queue, kind, tenant_id, attempts, unique_key, created_at, now() FROM moved RETURNING 1)"
+);
+const CLAIM_DELETE: &str = claim_sql!(
+    "finished AS (DELETE FROM saas.jobs WHERE id = ANY($9) AND locked_by = $6 AND state = 'running' RETURNING 1)"
+);
+
+/// Records finished jobs when no claim follows.
+const FINISH_KEEP: &str = "WITH moved AS (DELETE FROM saas.jobs WHERE id = ANY($1) AND locked_by = $2 AND state = 'running' \
+       RETURNING id, queue, kind, tenant_id, attempts, unique_key, created_at) \
+     INSERT INTO saas.jobs_done (id, queue, kind, tenant_id, attempts, unique_key, created_at, finished_at) \
+     SELECT id, queue, kind, tenant_id, attempts, unique_key, created_at, now() FROM moved";
+const FINISH_DELETE: &str = "DELETE FROM saas.jobs WHERE id = ANY($1) AND locked_by = $2 AND state = 'running'";
 
 impl Shared {
-    async fn claim(&self, queue: &str, per_tenant: usize) -> Result<Vec<Claimed>, sqlx::Error> {
+    async fn claim(&self, queue: &str, per_tenant: usize, finished: &[Uuid]) -> Result<Vec<Claimed>, sqlx::Error> {
         let start = Uuid::from_u64_pair((random_unit() * u64::MAX as f64) as u64, 0);
-        let rows = sqlx::query(CLAIM)
+        let sql = if self.keep_done { CLAIM_KEEP } else { CLAIM_DELETE };
+        let rows = sqlx::query(sql)
             .bind(queue)
             .bind(start)
             .bind(self.max_tenants as i64)
@@ -438,8 +491,13 @@ impl Shared {
             .bind(self.me)
             .bind(&self.kinds)
             .bind((self.batch * 2) as i64)
+            .bind(finished)
             .fetch_all(&self.pool)
             .await?;
+        if !finished.is_empty() {
+            metrics::counter!("saas_events_jobs_total", "queue" => queue.to_owned(), "outcome" => "done")
+                .increment(finished.len() as u64);
+        }
         rows.into_iter()
             .map(|r| {
                 Ok(Claimed {
@@ -456,11 +514,10 @@ impl Shared {
             .collect()
     }
 
-    async fn run_one(&self, queue: &str, job: Claimed) -> Outcome {
+    async fn run_one(&self, queue: &Arc<str>, job: Claimed) -> Outcome {
         let started = Utc::now();
         let waited = (started - job.created_at.max(job.run_at)).to_std().unwrap_or_default();
-        metrics::histogram!("saas_events_job_wait_seconds", "queue" => queue.to_owned()).record(waited.as_secs_f64());
-        let Some(handler) = self.handlers.get(job.kind.as_str()) else {
+        let Some((kind, handler)) = self.handlers.get_key_value(job.kind.as_str()) else {
             return Outcome::Failed {
                 id: job.id,
                 attempts: job.attempts,
@@ -468,10 +525,14 @@ impl Shared {
                 error: JobError::retry(format!("no handler for {}", job.kind)),
             };
         };
+        let instruments = self.instruments.get(&(Arc::clone(queue), *kind));
+        if let Some((wait, _)) = instruments {
+            wait.record(waited.as_secs_f64());
+        }
         let ctx = JobContext {
             id: JobId::from_uuid(job.id),
-            kind: job.kind.clone(),
-            queue: queue.to_owned(),
+            kind,
+            queue: Arc::clone(queue),
             tenant: job.tenant.map(TenantId::from_uuid),
             attempt: job.attempts,
             max_attempts: job.max_attempts,
@@ -481,8 +542,9 @@ impl Shared {
         };
         let t = Instant::now();
         let result = handler(ctx, job.payload).await;
-        metrics::histogram!("saas_events_job_run_seconds", "queue" => queue.to_owned(), "kind" => job.kind.clone())
-            .record(t.elapsed().as_secs_f64());
+        if let Some((_, run)) = instruments {
+            run.record(t.elapsed().as_secs_f64());
+        }
         match result {
             Ok(()) => Outcome::Done(job.id),
             Err(error) => {
@@ -497,8 +559,8 @@ impl Shared {
         }
     }
 
-    async fn record(&self, queue: &str, outcomes: Vec<Outcome>) -> Result<(), sqlx::Error> {
-        let mut done = Vec::new();
+    /// Records failures now; returns the finished jobs, recorded by the next claim.
+    async fn record(&self, queue: &str, outcomes: Vec<Outcome>, done: &mut Vec<Uuid>) -> Result<(), sqlx::Error> {
         let (mut ids, mut run_at, mut errors, mut dead) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let now = Utc::now();
         for o in outcomes {
@@ -523,17 +585,6 @@ impl Shared {
                     dead.push(is_dead);
                 }
             }
-        }
-        if !done.is_empty() {
-            let sql = if self.keep_done {
-                "UPDATE saas.jobs SET state = 'done', finished_at = now(), locked_until = NULL \
-                 WHERE id = ANY($1) AND locked_by = $2 AND state = 'running'"
-            } else {
-                "DELETE FROM saas.jobs WHERE id = ANY($1) AND locked_by = $2 AND state = 'running'"
-            };
-            sqlx::query(sql).bind(&done).bind(self.me).execute(&self.pool).await?;
-            metrics::counter!("saas_events_jobs_total", "queue" => queue.to_owned(), "outcome" => "done")
-                .increment(done.len() as u64);
         }
         if !ids.is_empty() {
             let rows = sqlx::query(
@@ -571,12 +622,13 @@ impl Shared {
 
 async fn run_loop(
     shared: Arc<Shared>,
-    queues: Vec<String>,
+    queues: Vec<Arc<str>>,
     name: String,
     mut stop: watch::Receiver<bool>,
     mut wake: watch::Receiver<u64>,
 ) {
     let mut tenants_last = 1usize;
+    let mut finished: Vec<Uuid> = Vec::new();
     let mut qi = 0usize;
     let mut idle_queues = 0usize;
     loop {
@@ -587,10 +639,13 @@ async fn run_loop(
             h.beat(&name);
         }
         wake.borrow_and_update();
-        let queue = queues[qi % queues.len()].clone();
+        let queue: Arc<str> = Arc::clone(&queues[qi % queues.len()]);
         let per_tenant = shared.batch.div_ceil(tenants_last.max(1));
-        let jobs = match shared.claim(&queue, per_tenant).await {
-            Ok(j) => j,
+        let jobs = match shared.claim(&queue, per_tenant, &finished).await {
+            Ok(j) => {
+                finished.clear();
+                j
+            }
             Err(e) => {
                 tracing::warn!(error = %e, queue = %queue, "claiming jobs failed; retrying");
                 tokio::select! {
@@ -623,7 +678,7 @@ async fn run_loop(
             .map(|j| shared.run_one(&queue, j))
             .buffer_unordered(shared.concurrency);
         let (outcomes, cancelled) = run_batch(&shared, &ids, batch, &mut stop).await;
-        if let Err(e) = shared.record(&queue, outcomes).await {
+        if let Err(e) = shared.record(&queue, outcomes, &mut finished).await {
             tracing::warn!(error = %e, "recording job outcomes failed; the jobs will be retried after the visibility timeout");
         }
         if cancelled {
@@ -631,9 +686,28 @@ async fn run_loop(
             break;
         }
     }
+    if let Err(e) = finish(&shared, &queues[0], &finished).await {
+        tracing::warn!(error = %e, "recording finished jobs at shutdown failed; they will run again");
+    }
     if let Some(h) = &shared.heartbeats {
         h.remove(&name);
     }
+}
+
+/// Records finished jobs when no claim follows (shutdown).
+async fn finish(shared: &Shared, queue: &str, done: &[Uuid]) -> Result<(), sqlx::Error> {
+    if done.is_empty() {
+        return Ok(());
+    }
+    let sql = if shared.keep_done { FINISH_KEEP } else { FINISH_DELETE };
+    sqlx::query(sql)
+        .bind(done)
+        .bind(shared.me)
+        .execute(&shared.pool)
+        .await?;
+    metrics::counter!("saas_events_jobs_total", "queue" => queue.to_owned(), "outcome" => "done")
+        .increment(done.len() as u64);
+    Ok(())
 }
 
 /// Runs a batch, extending the jobs' visibility while it runs. Returns the outcomes of

@@ -77,7 +77,7 @@ async fn publish_commits_with_the_transaction_and_carries_the_tenant() {
     // The application role cannot change or claim jobs, and sees only its tenant's.
     let mut tx = TenantTx::begin(db.app(), t).await.unwrap();
     assert!(
-        sqlx::query("UPDATE saas.jobs SET state = 'done'")
+        sqlx::query("UPDATE saas.jobs SET state = 'dead'")
             .execute(&mut *tx)
             .await
             .is_err()
@@ -166,7 +166,7 @@ async fn concurrent_workers_run_each_event_once_in_its_tenant_transaction() {
         handles.push(h);
     }
     let done = until(Duration::from_secs(30), async || {
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM saas.jobs WHERE state = 'done'")
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM saas.jobs_done")
             .fetch_one(db.platform())
             .await
             .unwrap()
@@ -587,16 +587,20 @@ async fn graceful_shutdown_finishes_or_hands_back_and_schedules_fire_once() {
     for h in hs {
         h.shutdown(Duration::from_secs(1)).await;
     }
-    let enqueued: i64 = sqlx::query_scalar("SELECT count(*) FROM saas.jobs WHERE kind = 'test.tick'")
-        .fetch_one(db.platform())
-        .await
-        .unwrap();
-    let distinct: i64 = sqlx::query_scalar("SELECT count(DISTINCT unique_key) FROM saas.jobs WHERE kind = 'test.tick'")
-        .fetch_one(db.platform())
-        .await
-        .unwrap();
+    let keys: Vec<(Option<String>,)> = sqlx::query_as(
+        "SELECT unique_key FROM saas.jobs WHERE kind = 'test.tick' \
+         UNION ALL SELECT unique_key FROM saas.jobs_done WHERE kind = 'test.tick'",
+    )
+    .fetch_all(db.platform())
+    .await
+    .unwrap();
+    let enqueued = keys.len();
+    let mut distinct: Vec<_> = keys.iter().map(|k| k.0.clone().unwrap()).collect();
+    distinct.sort();
+    distinct.dedup();
     assert!((2..=4).contains(&enqueued), "{enqueued} ticks in 3.5 s");
-    assert_eq!(enqueued, distinct, "a tick was enqueued twice");
+    assert_eq!(distinct.len(), enqueued, "a tick was enqueued twice: {keys:?}");
+    assert!(ticks.load(Ordering::SeqCst) as usize <= enqueued);
     assert!(ticks.load(Ordering::SeqCst) >= 2);
     assert!(
         saas_events::Worker::builder(p)

@@ -1,0 +1,215 @@
+//! End-to-end throughput: enqueue and process 50,000 no-op jobs with 2 workers against
+//! the local PostgreSQL (first enqueue to last completion recorded in the database), for
+//! saas-events and, in the same run, apalis 1 on apalis-postgres — with its defaults and
+//! tuned to fetch 100 jobs at a time. Each system gets a fresh database; connections use
+//! `sslmode=disable` (the test kit's default URL).
+//!
+//! ```text
+//! cargo bench -p saas-events --bench throughput
+//! ```
+//!
+//! Prints each run and, last, one line:
+//! `saas_events_jobs_per_s=<x> apalis_default_jobs_per_s=<y> apalis_tuned_jobs_per_s=<z> ratio_tuned=<x/z>`.
+//! `JOBS=<n>` changes the job count; `APALIS=0` measures saas-events alone.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use saas_core::TenantId;
+use saas_core::testkit::TestDb;
+use saas_events::{JobContext, Publish, Worker, publish_batch};
+use saas_tenancy::{PlatformPool, TenantTx};
+use serde::{Deserialize, Serialize};
+use sqlx::postgres::PgPoolOptions;
+
+const CHUNK: usize = 1000;
+
+#[derive(Serialize, Deserialize)]
+struct Noop {
+    n: u32,
+}
+
+impl saas_events::Event for Noop {
+    const KIND: &'static str = "bench.noop";
+}
+
+async fn wait_for(limit: Duration, mut done: impl AsyncFnMut() -> bool) {
+    let started = Instant::now();
+    while !done().await {
+        assert!(started.elapsed() < limit, "did not finish within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn saas_events(jobs: usize) -> f64 {
+    let db = TestDb::new(&[&saas_core::MIGRATOR, &saas_tenancy::MIGRATOR, &saas_events::MIGRATOR])
+        .await
+        .unwrap();
+    let app = PgPoolOptions::new()
+        .max_connections(4)
+        .connect_with(db.app_options())
+        .await
+        .unwrap();
+    let count = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..2 {
+        let platform = PgPoolOptions::new()
+            .max_connections(4)
+            .connect_with(db.platform_options())
+            .await
+            .unwrap();
+        let c = Arc::clone(&count);
+        workers.push(
+            Worker::builder(PlatformPool::new(platform))
+                .batch(100)
+                .concurrency(100)
+                .handle(move |_ctx: JobContext, _e: Noop| {
+                    let c = Arc::clone(&c);
+                    async move {
+                        c.fetch_add(1, Ordering::Relaxed);
+                        Ok(())
+                    }
+                })
+                .start()
+                .await
+                .unwrap(),
+        );
+    }
+    let tenant = TenantId::new();
+    let started = Instant::now();
+    let mut n = 0u32;
+    while (n as usize) < jobs {
+        let events: Vec<Noop> = (0..CHUNK.min(jobs - n as usize))
+            .map(|i| Noop { n: n + i as u32 })
+            .collect();
+        n += events.len() as u32;
+        let mut tx = TenantTx::begin(&app, tenant).await.unwrap();
+        publish_batch(&mut tx, &events, &Publish::new()).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    let enqueued = started.elapsed();
+    wait_for(Duration::from_secs(300), async || {
+        count.load(Ordering::Relaxed) >= jobs as u64
+    })
+    .await;
+    let pool = db.platform().clone();
+    wait_for(Duration::from_secs(60), async || {
+        let open: i64 = sqlx::query_scalar("SELECT count(*) FROM saas.jobs")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        open == 0
+    })
+    .await;
+    let elapsed = started.elapsed();
+    for w in workers {
+        w.shutdown(Duration::from_secs(5)).await;
+    }
+    let rate = jobs as f64 / elapsed.as_secs_f64();
+    println!("saas-events: {jobs} jobs in {elapsed:.2?} (enqueued in {enqueued:.2?}) = {rate:.0} jobs/s");
+    rate
+}
+
+static APALIS_COUNT: AtomicU64 = AtomicU64::new(0);
+
+async fn apalis_noop(_n: u32) -> Result<(), apalis::prelude::BoxDynError> {
+    APALIS_COUNT.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+async fn apalis(jobs: usize, batch: Option<usize>) -> f64 {
+    use apalis::prelude::*;
+    use apalis_postgres::{Config, PostgresStorage};
+
+    let db = TestDb::new(&[&saas_core::MIGRATOR]).await.unwrap();
+    let pool = db.owner().clone();
+    PostgresStorage::setup(&pool).await.unwrap();
+    APALIS_COUNT.store(0, Ordering::SeqCst);
+    let config = match batch {
+        Some(b) => Config::default().batch_size(b),
+        None => Config::default(),
+    };
+    let label = match batch {
+        Some(b) => format!("apalis (batch {b})"),
+        None => "apalis (defaults)".to_owned(),
+    };
+    let mut backend: PostgresStorage<u32> = PostgresStorage::new(&pool).with_config(config);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut runs = Vec::new();
+    for i in 0..2 {
+        let worker = WorkerBuilder::new(format!("bench-{i}"))
+            .backend(backend.clone())
+            .build(apalis_noop);
+        let mut stop = stop_rx.clone();
+        runs.push(tokio::spawn(async move {
+            let _ = worker
+                .run_until(async move {
+                    let _ = stop.changed().await;
+                    Ok::<(), std::io::Error>(())
+                })
+                .await;
+        }));
+    }
+    let started = Instant::now();
+    let mut n = 0u32;
+    while (n as usize) < jobs {
+        let take = CHUNK.min(jobs - n as usize) as u32;
+        let mut items = futures_util::stream::iter((n..n + take).map(|i| TaskBuilder::new(i).build()));
+        n += take;
+        backend.push_all(&mut items).await.unwrap();
+    }
+    let enqueued = started.elapsed();
+    wait_for(Duration::from_secs(600), async || {
+        APALIS_COUNT.load(Ordering::Relaxed) >= jobs as u64
+    })
+    .await;
+    wait_for(Duration::from_secs(60), async || {
+        let done: i64 = sqlx::query_scalar("SELECT count(*) FROM apalis.jobs WHERE status = 'Done'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        done as usize >= jobs
+    })
+    .await;
+    let elapsed = started.elapsed();
+    let _ = stop_tx.send(true);
+    for r in runs {
+        let _ = tokio::time::timeout(Duration::from_secs(10), r).await;
+    }
+    let rate = jobs as f64 / elapsed.as_secs_f64();
+    println!("{label}: {jobs} jobs in {elapsed:.2?} (enqueued in {enqueued:.2?}) = {rate:.0} jobs/s");
+    rate
+}
+
+fn main() {
+    // `cargo test --benches` runs benches with `--bench`-less args; keep that quick.
+    if std::env::args().any(|a| a == "--test")
+        || std::env::args().all(|a| a != "--bench") && std::env::var("JOBS").is_err()
+    {
+        println!("throughput: skipped (run with `cargo bench -p saas-events --bench throughput`)");
+        return;
+    }
+    let jobs: usize = std::env::var("JOBS")
+        .ok()
+        .and_then(|j| j.parse().ok())
+        .unwrap_or(50_000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let ours = saas_events(jobs).await;
+        if std::env::var("APALIS").is_ok_and(|v| v == "0") {
+            println!("saas_events_jobs_per_s={ours:.0} (apalis skipped: APALIS=0)");
+            return;
+        }
+        let default = apalis(jobs, None).await;
+        let tuned = apalis(jobs, Some(100)).await;
+        println!(
+            "saas_events_jobs_per_s={ours:.0} apalis_default_jobs_per_s={default:.0} apalis_tuned_jobs_per_s={tuned:.0} ratio_tuned={:.2}",
+            ours / tuned
+        );
+    });
+}
