@@ -10,7 +10,8 @@
 //!
 //! Prints each run and, last, one line:
 //! `saas_events_jobs_per_s=<x> apalis_default_jobs_per_s=<y> apalis_tuned_jobs_per_s=<z> ratio_tuned=<x/z>`.
-//! `JOBS=<n>` changes the job count; `APALIS=0` measures saas-events alone.
+//! saas-events runs with its defaults (200 jobs per claim); `BATCH=<n>` changes that,
+//! `JOBS=<n>` the job count, and `APALIS=0` measures saas-events alone.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
@@ -63,7 +64,7 @@ async fn saas_events(jobs: usize) -> f64 {
         let c = Arc::clone(&count);
         workers.push(
             Worker::builder(PlatformPool::new(platform))
-                .batch(100)
+                .batch(std::env::var("BATCH").ok().and_then(|b| b.parse().ok()).unwrap_or(200))
                 .concurrency(100)
                 .handle(move |_ctx: JobContext, _e: Noop| {
                     let c = Arc::clone(&c);

@@ -79,7 +79,8 @@ impl Publish {
     }
 
     /// Jobs with the same key run one at a time, in publishing order (for example
-    /// `"{tenant}:{aggregate id}"`).
+    /// `"{tenant}:{aggregate id}"`). Publishing order is the order of the jobs' UUIDv7
+    /// ids: exact within a process, and across servers as exact as their clocks agree.
     pub fn ordered_by(mut self, key: impl Into<String>) -> Self {
         self.order_key = Some(key.into());
         self

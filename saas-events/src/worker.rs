@@ -135,7 +135,7 @@ impl Worker {
             queues: vec!["default".into()],
             handlers: HashMap::new(),
             loops: 1,
-            batch: 100,
+            batch: 200,
             concurrency: 32,
             visibility: Duration::from_secs(300),
             poll: Duration::from_secs(1),
@@ -186,7 +186,7 @@ impl WorkerBuilder {
         self
     }
 
-    /// Jobs claimed per statement (default 100).
+    /// Jobs claimed per statement (default 200).
     pub fn batch(mut self, n: usize) -> Self {
         self.batch = n.clamp(1, 10_000);
         self
@@ -449,8 +449,8 @@ WITH RECURSIVE tenants(k) AS ( \
         WHERE j.queue = $1 AND j.state = 'pending' AND j.tenant_key = t.k AND j.run_at <= now() AND j.kind = ANY($7) \
           AND (j.order_key IS NULL OR NOT EXISTS ( \
                 SELECT 1 FROM saas.jobs e WHERE e.queue = $1 AND e.order_key = j.order_key \
-                  AND e.state IN ('pending', 'running') AND e.seq < j.seq)) \
-        ORDER BY j.priority DESC, j.run_at, j.seq \
+                  AND e.state IN ('pending', 'running') AND e.id < j.id)) \
+        ORDER BY j.priority DESC, j.run_at, j.id \
         LIMIT $4 FOR UPDATE SKIP LOCKED) c \
     LIMIT $8 \
 ) \
