@@ -1,8 +1,9 @@
 //! saas-events against PostgreSQL: the application role publishes, workers run on the
 //! platform role, tenant handlers get transactions scoped to their tenant.
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::type_complexity, missing_docs)]
 
 mod crash;
+mod webhook;
 mod worker;
 
 use std::time::Duration;

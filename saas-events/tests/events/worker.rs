@@ -177,9 +177,11 @@ async fn concurrent_workers_run_each_event_once_in_its_tenant_transaction() {
         h.shutdown(Duration::from_secs(5)).await;
     }
     assert!(done, "not all jobs finished");
-    let seen = seen.lock().unwrap();
-    assert_eq!(seen.len(), 2000);
-    assert!(seen.values().all(|c| *c == 1), "some event ran twice");
+    {
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 2000);
+        assert!(seen.values().all(|c| *c == 1), "some event ran twice");
+    }
     assert_eq!(receipts.load(Ordering::SeqCst), 2000);
     let rc: i64 = sqlx::query_scalar("SELECT count(*) FROM saas.job_receipts")
         .fetch_one(db.platform())
