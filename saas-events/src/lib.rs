@@ -8,6 +8,7 @@ pub mod event;
 pub mod idempotency;
 pub mod job;
 pub mod jobs;
+pub mod mail;
 pub mod webhook;
 pub mod worker;
 
