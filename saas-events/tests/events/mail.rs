@@ -134,7 +134,7 @@ async fn emails_are_outbox_jobs_sent_over_smtp_and_never_for_a_rollback() {
     assert!(until(Duration::from_secs(10), async || got.lock().unwrap().len() == 1).await);
     worker.shutdown(Duration::from_secs(1)).await;
 
-    let got = got.lock().unwrap();
+    let got = got.lock().unwrap().clone();
     assert_eq!(got.len(), 1, "only the committed, deliverable message: {got:?}");
     let m = &got[0];
     assert_eq!(m.to, ["bob@example.com"]);
