@@ -3,6 +3,7 @@
 //! Events and background work for saas-kit.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod bus;
 pub mod error;
 pub mod event;
 pub mod idempotency;

@@ -2,6 +2,7 @@
 //! platform role, tenant handlers get transactions scoped to their tenant.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::type_complexity, missing_docs)]
 
+mod bus;
 mod crash;
 mod mail;
 mod webhook;
