@@ -5,7 +5,7 @@
 -- claim, complete, retry and dead-letter rows; the application role only publishes and
 -- reads its own tenant's rows.
 CREATE TABLE saas.jobs (
-    id           uuid        PRIMARY KEY,
+    id           uuid        NOT NULL,
     queue        text        NOT NULL CHECK (length(queue) BETWEEN 1 AND 64),
     kind         text        NOT NULL CHECK (length(kind) BETWEEN 1 AND 128),
     tenant_id    uuid,
@@ -25,10 +25,14 @@ CREATE TABLE saas.jobs (
     last_error   text,
     finished_at  timestamptz
 );
+-- Ids are unique per tenant (an id chosen by one tenant can neither collide with nor
+-- reveal another tenant's); the index leads with the id for the workers' lookups.
+CREATE UNIQUE INDEX jobs_id ON saas.jobs (id, tenant_id) NULLS NOT DISTINCT;
 -- Ready work per queue and tenant, in the order a tenant's jobs are taken.
 CREATE INDEX jobs_ready ON saas.jobs (queue, tenant_key, priority DESC, run_at, id) WHERE state = 'pending';
 -- A unique key holds while its job is pending or running.
-CREATE UNIQUE INDEX jobs_unique ON saas.jobs (queue, unique_key) WHERE unique_key IS NOT NULL AND state IN ('pending', 'running');
+-- Per tenant: another tenant's key neither blocks a publish nor reveals that it exists.
+CREATE UNIQUE INDEX jobs_unique ON saas.jobs (tenant_id, queue, unique_key) NULLS NOT DISTINCT WHERE unique_key IS NOT NULL AND state IN ('pending', 'running');
 -- Per-key order: the earliest unfinished job of a key goes first.
 CREATE INDEX jobs_order ON saas.jobs (queue, order_key, id) WHERE order_key IS NOT NULL AND state IN ('pending', 'running');
 -- No index for running jobs: the table holds only open work and dead letters (finished
@@ -45,6 +49,9 @@ CREATE POLICY tenant_isolation ON saas.jobs
 REVOKE ALL ON saas.jobs FROM PUBLIC;
 GRANT SELECT, INSERT ON saas.jobs TO saas_app;
 GRANT SELECT, INSERT, UPDATE, DELETE ON saas.jobs TO saas_platform;
+-- A tenant table with its own policy (platform rows have no tenant): registered for the
+-- isolation verifier, tenant export and deletion.
+INSERT INTO saas.tenant_tables (table_name) VALUES ('saas.jobs') ON CONFLICT DO NOTHING;
 
 -- Finished jobs move here (one DELETE + INSERT, cheaper than keeping them in the queue
 -- table, which then holds only open work and dead letters); pruned by age.
@@ -58,6 +65,7 @@ CREATE TABLE saas.jobs_done (
     created_at  timestamptz NOT NULL,
     finished_at timestamptz NOT NULL
 );
+CREATE INDEX jobs_done_tenant ON saas.jobs_done (tenant_id, finished_at);
 CREATE INDEX jobs_done_finished ON saas.jobs_done USING brin (finished_at);
 -- Ids are UUIDv7, so they follow insertion order closely: a BRIN index finds one cheaply.
 CREATE INDEX jobs_done_id ON saas.jobs_done USING brin (id);
@@ -70,6 +78,7 @@ CREATE POLICY tenant_isolation ON saas.jobs_done
 REVOKE ALL ON saas.jobs_done FROM PUBLIC;
 GRANT SELECT ON saas.jobs_done TO saas_app;
 GRANT SELECT, INSERT, DELETE ON saas.jobs_done TO saas_platform;
+INSERT INTO saas.tenant_tables (table_name) VALUES ('saas.jobs_done') ON CONFLICT DO NOTHING;
 
 -- Recurring jobs: the process that moves next_run_at forward enqueues the run.
 CREATE TABLE saas.job_schedules (

@@ -71,8 +71,8 @@ impl Publish {
         self
     }
 
-    /// While a job with this key is pending or running in the queue, publishing another
-    /// is a no-op ([`publish_with`] returns `None`).
+    /// While a job with this key is pending or running in the queue for the same tenant
+    /// (or platform), publishing another is a no-op ([`publish_with`] returns `None`).
     pub fn unique(mut self, key: impl Into<String>) -> Self {
         self.unique_key = Some(key.into());
         self
@@ -110,7 +110,7 @@ pub async fn publish_with<E: Event>(
         "WITH ins AS ( \
            INSERT INTO saas.jobs (id, queue, kind, tenant_id, payload, priority, run_at, created_at, max_attempts, unique_key, order_key) \
            VALUES ($1, $2, $3, saas.current_tenant_id(), $4, $5, coalesce($6, now()), now(), $7, $8, $9) \
-           ON CONFLICT (queue, unique_key) WHERE unique_key IS NOT NULL AND state IN ('pending', 'running') DO NOTHING \
+           ON CONFLICT (tenant_id, queue, unique_key) WHERE unique_key IS NOT NULL AND state IN ('pending', 'running') DO NOTHING \
            RETURNING id) \
          SELECT id FROM ins, pg_notify($10, $2)",
     )

@@ -32,6 +32,7 @@ use saas_tests::chrono::Duration;
 use tower::{ServiceBuilder, ServiceExt};
 
 mod authz;
+mod events;
 mod flags;
 
 fn code(e: &sqlx::Error) -> String {

@@ -58,6 +58,7 @@ impl Fixture {
         let db = TestDb::new(&[
             &saas_core::MIGRATOR,
             &saas_tenancy::MIGRATOR,
+            &saas_events::MIGRATOR,
             &saas_authz::MIGRATOR,
             &saas_flags::MIGRATOR,
         ])

@@ -610,3 +610,44 @@ async fn graceful_shutdown_finishes_or_hands_back_and_schedules_fire_once() {
             .is_err()
     );
 }
+
+#[tokio::test]
+async fn readiness_reports_a_stalled_worker() {
+    use saas_core::health::{HealthCheck, Heartbeats};
+    let db = db().await;
+    let beats = Heartbeats::new(Duration::from_millis(400));
+    let t = TenantId::new();
+    let h = Worker::builder(platform(&db, 4).await)
+        .poll_interval(Duration::from_millis(50))
+        .heartbeats(beats.clone())
+        .handle(|_ctx: JobContext, _e: Ping| async move {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            Ok(())
+        })
+        .start()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(beats.check().await.ok, "an idle worker keeps beating");
+    let mut tx = TenantTx::begin(db.app(), t).await.unwrap();
+    publish(
+        &mut tx,
+        &Ping {
+            n: 1,
+            key: String::new(),
+        },
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert!(
+        until(Duration::from_secs(3), async || !beats.check().await.ok).await,
+        "a worker stuck in a job goes stale"
+    );
+    assert!(
+        until(Duration::from_secs(3), async || beats.check().await.ok).await,
+        "and recovers when the job ends"
+    );
+    h.shutdown(Duration::from_secs(1)).await;
+    assert!(beats.check().await.ok, "a worker that stopped on purpose is forgotten");
+}
