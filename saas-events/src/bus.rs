@@ -53,8 +53,24 @@ pub trait Bus: Send + Sync + 'static {
 
 /// Forwards outbox events of a kind to a bus: register it as that kind's handler.
 ///
-/// ```ignore
-/// Worker::builder(platform).handle::<InvoicePaid, _>(Relay::new(streams))
+/// ```no_run
+/// use saas_events::bus::{Bus, BusError, Envelope, Relay};
+/// # #[derive(serde::Serialize, serde::Deserialize)] struct InvoicePaid { id: String }
+/// # impl saas_events::Event for InvoicePaid { const KIND: &'static str = "invoice.paid"; }
+/// struct Stdout;
+/// impl Bus for Stdout {
+///     async fn publish(&self, e: &Envelope) -> Result<(), BusError> {
+///         println!("{} {}", e.kind, e.id);
+///         Ok(())
+///     }
+/// }
+/// # async fn demo(platform: saas_tenancy::PlatformPool) {
+/// let workers = saas_events::Worker::builder(platform)
+///     .handle::<InvoicePaid, _>(Relay::new(Stdout))   // or RedisStream / JetStream
+///     .start()
+///     .await
+///     .unwrap();
+/// # }
 /// ```
 pub struct Relay<B> {
     bus: Arc<B>,
