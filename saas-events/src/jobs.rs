@@ -4,13 +4,12 @@ use chrono::{DateTime, Utc};
 use saas_core::TenantId;
 use saas_tenancy::PlatformPool;
 use serde_json::Value;
-use sqlx::Row;
 
 use crate::error::JobsError;
 use crate::job::JobId;
 
 /// A dead-lettered job.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct DeadJob {
     /// Its id.
     pub id: JobId,
@@ -19,6 +18,7 @@ pub struct DeadJob {
     /// Event kind.
     pub kind: String,
     /// Tenant, if any.
+    #[sqlx(rename = "tenant_id")]
     pub tenant: Option<TenantId>,
     /// The event.
     pub payload: Value,
@@ -27,15 +27,17 @@ pub struct DeadJob {
     /// The last error.
     pub last_error: Option<String>,
     /// When it died.
+    #[sqlx(rename = "finished_at")]
     pub died_at: Option<DateTime<Utc>>,
 }
 
 /// Pending jobs of one queue and tenant.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Depth {
     /// Queue.
     pub queue: String,
     /// Tenant (`None`: platform-level).
+    #[sqlx(rename = "tenant_id")]
     pub tenant: Option<TenantId>,
     /// Pending jobs.
     pub pending: i64,
@@ -55,31 +57,14 @@ impl Jobs {
 
     /// Dead-lettered jobs of `queue`, newest first.
     pub async fn dead(&self, queue: &str, limit: i64) -> Result<Vec<DeadJob>, JobsError> {
-        let rows = sqlx::query(
+        Ok(sqlx::query_as(
             "SELECT id, queue, kind, tenant_id, payload, attempts, last_error, finished_at FROM saas.jobs \
              WHERE queue = $1 AND state = 'dead' ORDER BY finished_at DESC NULLS LAST LIMIT $2",
         )
         .bind(queue)
         .bind(limit)
         .fetch_all(self.pool.as_pool())
-        .await?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(DeadJob {
-                    id: JobId::from_uuid(r.try_get("id")?),
-                    queue: r.try_get("queue")?,
-                    kind: r.try_get("kind")?,
-                    tenant: r
-                        .try_get::<Option<uuid::Uuid>, _>("tenant_id")?
-                        .map(TenantId::from_uuid),
-                    payload: r.try_get("payload")?,
-                    attempts: r.try_get("attempts")?,
-                    last_error: r.try_get("last_error")?,
-                    died_at: r.try_get("finished_at")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(Into::into)
+        .await?)
     }
 
     /// Puts a dead job back in its queue with its attempts reset.
@@ -123,21 +108,12 @@ impl Jobs {
 
     /// Pending jobs per queue and tenant.
     pub async fn depth(&self) -> Result<Vec<Depth>, JobsError> {
-        let rows = sqlx::query(
-            "SELECT queue, tenant_id, count(*) FROM saas.jobs WHERE state = 'pending' GROUP BY 1, 2 ORDER BY 1, 2",
+        Ok(sqlx::query_as(
+            "SELECT queue, tenant_id, count(*) AS pending FROM saas.jobs WHERE state = 'pending' \
+             GROUP BY 1, 2 ORDER BY 1, 2",
         )
         .fetch_all(self.pool.as_pool())
-        .await?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(Depth {
-                    queue: r.try_get(0)?,
-                    tenant: r.try_get::<Option<uuid::Uuid>, _>(1)?.map(TenantId::from_uuid),
-                    pending: r.try_get(2)?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(Into::into)
+        .await?)
     }
 
     /// Rescues running jobs past their visibility timeout now (workers do it periodically).

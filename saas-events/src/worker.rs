@@ -110,14 +110,20 @@ pub struct WorkerBuilder {
     queues: Vec<String>,
     handlers: HashMap<&'static str, ErasedHandler>,
     loops: usize,
+    cfg: Config,
+    heartbeats: Option<Heartbeats>,
+    schedules: Vec<Schedule>,
+}
+
+/// The settings a builder collects and the running loops read.
+#[derive(Debug, Clone, Copy)]
+struct Config {
     batch: usize,
     concurrency: usize,
     visibility: Duration,
     poll: Duration,
     backoff: Backoff,
     max_tenants: usize,
-    heartbeats: Option<Heartbeats>,
-    schedules: Vec<Schedule>,
     keep_done: bool,
 }
 
@@ -135,15 +141,17 @@ impl Worker {
             queues: vec!["default".into()],
             handlers: HashMap::new(),
             loops: 1,
-            batch: 200,
-            concurrency: 32,
-            visibility: Duration::from_secs(300),
-            poll: Duration::from_secs(1),
-            backoff: Backoff::default(),
-            max_tenants: 64,
+            cfg: Config {
+                batch: 200,
+                concurrency: 32,
+                visibility: Duration::from_secs(300),
+                poll: Duration::from_secs(1),
+                backoff: Backoff::default(),
+                max_tenants: 64,
+                keep_done: true,
+            },
             heartbeats: None,
             schedules: Vec::new(),
-            keep_done: true,
         }
     }
 }
@@ -188,38 +196,38 @@ impl WorkerBuilder {
 
     /// Jobs claimed per statement (default 200).
     pub fn batch(mut self, n: usize) -> Self {
-        self.batch = n.clamp(1, 10_000);
+        self.cfg.batch = n.clamp(1, 10_000);
         self
     }
 
     /// Handlers running at once per loop (default 32).
     pub fn concurrency(mut self, n: usize) -> Self {
-        self.concurrency = n.max(1);
+        self.cfg.concurrency = n.max(1);
         self
     }
 
     /// How long a claimed job stays invisible before another worker may rescue it (default
     /// 5 min; running jobs are extended while their worker lives).
     pub fn visibility_timeout(mut self, d: Duration) -> Self {
-        self.visibility = d.max(Duration::from_secs(1));
+        self.cfg.visibility = d.max(Duration::from_secs(1));
         self
     }
 
     /// Polling interval when no notification arrives (default 1 s).
     pub fn poll_interval(mut self, d: Duration) -> Self {
-        self.poll = d;
+        self.cfg.poll = d;
         self
     }
 
     /// Retry delays.
     pub fn backoff(mut self, b: Backoff) -> Self {
-        self.backoff = b;
+        self.cfg.backoff = b;
         self
     }
 
     /// Tenants served per claim (default 64): each gets an equal share of the batch.
     pub fn max_tenants_per_claim(mut self, n: usize) -> Self {
-        self.max_tenants = n.clamp(1, 1000);
+        self.cfg.max_tenants = n.clamp(1, 1000);
         self
     }
 
@@ -232,7 +240,7 @@ impl WorkerBuilder {
     /// Deletes finished jobs instead of moving them to `saas.jobs_done` (kept for
     /// [`crate::Jobs::prune`]); a little faster, and no record of what ran.
     pub fn delete_finished(mut self) -> Self {
-        self.keep_done = false;
+        self.cfg.keep_done = false;
         self
     }
 
@@ -317,15 +325,9 @@ impl WorkerBuilder {
             kinds,
             handlers: self.handlers,
             me,
-            batch: self.batch,
-            concurrency: self.concurrency,
-            visibility: self.visibility,
-            poll: self.poll,
-            backoff: self.backoff,
-            max_tenants: self.max_tenants,
+            cfg: self.cfg,
             heartbeats: self.heartbeats,
             grace_ms: AtomicU64::new(0),
-            keep_done: self.keep_done,
             instruments,
         });
         let mut tasks = Vec::new();
@@ -393,15 +395,9 @@ struct Shared {
     kinds: Vec<String>,
     handlers: HashMap<&'static str, ErasedHandler>,
     me: Uuid,
-    batch: usize,
-    concurrency: usize,
-    visibility: Duration,
-    poll: Duration,
-    backoff: Backoff,
-    max_tenants: usize,
+    cfg: Config,
     heartbeats: Option<Heartbeats>,
     grace_ms: AtomicU64,
-    keep_done: bool,
     /// Wait and run-time histograms per (queue, kind), made once.
     instruments: HashMap<(Arc<str>, &'static str), (metrics::Histogram, metrics::Histogram)>,
 }
@@ -481,16 +477,16 @@ const FINISH_DELETE: &str = "DELETE FROM saas.jobs WHERE id = ANY($1) AND locked
 impl Shared {
     async fn claim(&self, queue: &str, per_tenant: usize, finished: &[Uuid]) -> Result<Vec<Claimed>, sqlx::Error> {
         let start = Uuid::from_u64_pair((random_unit() * u64::MAX as f64) as u64, 0);
-        let sql = if self.keep_done { CLAIM_KEEP } else { CLAIM_DELETE };
+        let sql = if self.cfg.keep_done { CLAIM_KEEP } else { CLAIM_DELETE };
         let rows = sqlx::query(sql)
             .bind(queue)
             .bind(start)
-            .bind(self.max_tenants as i64)
+            .bind(self.cfg.max_tenants as i64)
             .bind(per_tenant as i64)
-            .bind(self.visibility.as_secs_f64())
+            .bind(self.cfg.visibility.as_secs_f64())
             .bind(self.me)
             .bind(&self.kinds)
-            .bind((self.batch * 2) as i64)
+            .bind((self.cfg.batch * 2) as i64)
             .bind(finished)
             .fetch_all(&self.pool)
             .await?;
@@ -576,7 +572,7 @@ impl Shared {
                         JobError::Fatal { .. } => (true, Duration::ZERO),
                         JobError::Retry { after, .. } => (
                             attempts >= max_attempts,
-                            after.unwrap_or_else(|| self.backoff.delay(attempts)),
+                            after.unwrap_or_else(|| self.cfg.backoff.delay(attempts)),
                         ),
                     };
                     ids.push(id);
@@ -640,7 +636,7 @@ async fn run_loop(
         }
         wake.borrow_and_update();
         let queue: Arc<str> = Arc::clone(&queues[qi % queues.len()]);
-        let per_tenant = shared.batch.div_ceil(tenants_last.max(1));
+        let per_tenant = shared.cfg.batch.div_ceil(tenants_last.max(1));
         let jobs = match shared.claim(&queue, per_tenant, &finished).await {
             Ok(j) => {
                 finished.clear();
@@ -662,7 +658,7 @@ async fn run_loop(
                 idle_queues = 0;
                 tokio::select! {
                     _ = wake.changed() => {}
-                    _ = tokio::time::sleep(shared.poll) => {}
+                    _ = tokio::time::sleep(shared.cfg.poll) => {}
                     _ = stop.changed() => {}
                 }
             }
@@ -676,7 +672,7 @@ async fn run_loop(
         let ids: Vec<Uuid> = jobs.iter().map(|j| j.id).collect();
         let batch = futures_util::stream::iter(jobs)
             .map(|j| shared.run_one(&queue, j))
-            .buffer_unordered(shared.concurrency);
+            .buffer_unordered(shared.cfg.concurrency);
         let (outcomes, cancelled) = run_batch(&shared, &ids, batch, &mut stop).await;
         if let Err(e) = shared.record(&queue, outcomes, &mut finished).await {
             tracing::warn!(error = %e, "recording job outcomes failed; the jobs will be retried after the visibility timeout");
@@ -699,7 +695,11 @@ async fn finish(shared: &Shared, queue: &str, done: &[Uuid]) -> Result<(), sqlx:
     if done.is_empty() {
         return Ok(());
     }
-    let sql = if shared.keep_done { FINISH_KEEP } else { FINISH_DELETE };
+    let sql = if shared.cfg.keep_done {
+        FINISH_KEEP
+    } else {
+        FINISH_DELETE
+    };
     sqlx::query(sql)
         .bind(done)
         .bind(shared.me)
@@ -718,7 +718,7 @@ where
 {
     let mut batch = std::pin::pin!(batch);
     let mut outcomes = Vec::with_capacity(ids.len());
-    let mut extend = tokio::time::interval(shared.visibility / 3);
+    let mut extend = tokio::time::interval(shared.cfg.visibility / 3);
     extend.tick().await;
     let mut stopping = *stop.borrow();
     let mut deadline = Box::pin(tokio::time::sleep(Duration::MAX / 4));
@@ -736,7 +736,7 @@ where
             _ = extend.tick() => {
                 let r = sqlx::query("UPDATE saas.jobs SET locked_until = now() + make_interval(secs => $3) \
                                      WHERE id = ANY($1) AND locked_by = $2 AND state = 'running'")
-                    .bind(ids).bind(shared.me).bind(shared.visibility.as_secs_f64())
+                    .bind(ids).bind(shared.me).bind(shared.cfg.visibility.as_secs_f64())
                     .execute(&shared.pool).await;
                 if let Err(e) = r {
                     tracing::warn!(error = %e, "extending running jobs failed");
@@ -804,7 +804,7 @@ async fn listen(pool: PgPool, wake: watch::Sender<u64>, mut stop: watch::Receive
 /// Rescues jobs whose worker died, publishes due schedules, reports queue depth.
 async fn housekeeping(shared: Arc<Shared>, schedules: Vec<Schedule>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
-    let rescue_every = (shared.visibility / 4).max(Duration::from_secs(1));
+    let rescue_every = (shared.cfg.visibility / 4).max(Duration::from_secs(1));
     let mut last_rescue = Instant::now() - rescue_every;
     let mut last_depth = Instant::now() - Duration::from_secs(10);
     loop {

@@ -59,7 +59,7 @@ saas_core::define_id!(
 );
 
 /// A registered endpoint (without its secret).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Endpoint {
     /// Its id.
     pub id: EndpointId,
@@ -76,7 +76,7 @@ pub struct Endpoint {
 }
 
 /// One delivery attempt, as logged.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct DeliveryLog {
     /// The message (`webhook-id`).
     pub message_id: String,
@@ -373,24 +373,11 @@ impl Webhooks {
 
     /// The tenant's endpoints.
     pub async fn endpoints(&self, tx: &mut PgConnection) -> Result<Vec<Endpoint>, WebhookError> {
-        let rows = sqlx::query(
+        Ok(sqlx::query_as(
             "SELECT id, url, event_types, enabled, disabled_reason, failing_since FROM saas.webhook_endpoints ORDER BY created_at, id",
         )
         .fetch_all(&mut *tx)
-        .await?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(Endpoint {
-                    id: r.try_get("id")?,
-                    url: r.try_get("url")?,
-                    event_types: r.try_get("event_types")?,
-                    enabled: r.try_get("enabled")?,
-                    disabled_reason: r.try_get("disabled_reason")?,
-                    failing_since: r.try_get("failing_since")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(Into::into)
+        .await?)
     }
 
     /// The endpoint's latest delivery attempts.
@@ -400,29 +387,14 @@ impl Webhooks {
         id: EndpointId,
         limit: i64,
     ) -> Result<Vec<DeliveryLog>, WebhookError> {
-        let rows = sqlx::query(
+        Ok(sqlx::query_as(
             "SELECT message_id, event_type, attempt, status, latency_ms, response, error, attempted_at \
              FROM saas.webhook_deliveries WHERE endpoint_id = $1 ORDER BY attempted_at DESC, attempt DESC LIMIT $2",
         )
         .bind(id)
         .bind(limit)
         .fetch_all(&mut *tx)
-        .await?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(DeliveryLog {
-                    message_id: r.try_get("message_id")?,
-                    event_type: r.try_get("event_type")?,
-                    attempt: r.try_get("attempt")?,
-                    status: r.try_get("status")?,
-                    latency_ms: r.try_get("latency_ms")?,
-                    response: r.try_get("response")?,
-                    error: r.try_get("error")?,
-                    attempted_at: r.try_get("attempted_at")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(Into::into)
+        .await?)
     }
 
     /// One attempt of `d` for `tenant` (what the worker runs; tests call it with a
