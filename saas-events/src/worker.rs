@@ -113,6 +113,7 @@ pub struct WorkerBuilder {
     cfg: Config,
     heartbeats: Option<Heartbeats>,
     schedules: Vec<Schedule>,
+    retention: Option<Duration>,
 }
 
 /// The settings a builder collects and the running loops read.
@@ -152,6 +153,7 @@ impl Worker {
             },
             heartbeats: None,
             schedules: Vec::new(),
+            retention: None,
         }
     }
 }
@@ -234,6 +236,12 @@ impl WorkerBuilder {
     /// Reports each loop's liveness to `heartbeats` (for readiness).
     pub fn heartbeats(mut self, heartbeats: Heartbeats) -> Self {
         self.heartbeats = Some(heartbeats);
+        self
+    }
+
+    /// Prunes the record of finished jobs older than `retention` (checked every minute).
+    pub fn keep_finished_for(mut self, retention: Duration) -> Self {
+        self.retention = Some(retention);
         self
     }
 
@@ -335,6 +343,7 @@ impl WorkerBuilder {
         tasks.push(tokio::spawn(housekeeping(
             Arc::clone(&shared),
             self.schedules,
+            self.retention,
             stop_rx.clone(),
         )));
         for i in 0..self.loops {
@@ -802,11 +811,17 @@ async fn listen(pool: PgPool, wake: watch::Sender<u64>, mut stop: watch::Receive
 }
 
 /// Rescues jobs whose worker died, publishes due schedules, reports queue depth.
-async fn housekeeping(shared: Arc<Shared>, schedules: Vec<Schedule>, mut stop: watch::Receiver<bool>) {
+async fn housekeeping(
+    shared: Arc<Shared>,
+    schedules: Vec<Schedule>,
+    retention: Option<Duration>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let rescue_every = (shared.cfg.visibility / 4).max(Duration::from_secs(1));
     let mut last_rescue = Instant::now() - rescue_every;
     let mut last_depth = Instant::now() - Duration::from_secs(10);
+    let mut last_prune = Instant::now() - Duration::from_secs(60);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -826,6 +841,17 @@ async fn housekeeping(shared: Arc<Shared>, schedules: Vec<Schedule>, mut stop: w
         for s in &schedules {
             if let Err(e) = run_schedule(&shared, s).await {
                 tracing::warn!(error = %e, schedule = %s.name, "schedule failed");
+            }
+        }
+        if let Some(keep) = retention
+            && last_prune.elapsed() >= Duration::from_secs(60)
+        {
+            last_prune = Instant::now();
+            let before = Utc::now() - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
+            match crate::Jobs::new(shared.platform.clone()).prune(before, 10_000).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(jobs = n, "pruned finished jobs"),
+                Err(e) => tracing::warn!(error = %e, "pruning finished jobs failed"),
             }
         }
         if last_depth.elapsed() >= Duration::from_secs(10) {

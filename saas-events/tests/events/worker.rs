@@ -603,6 +603,24 @@ async fn graceful_shutdown_finishes_or_hands_back_and_schedules_fire_once() {
     assert!((2..=4).contains(&enqueued), "{enqueued} ticks in 3.5 s");
     assert_eq!(distinct.len(), enqueued, "a tick was enqueued twice: {keys:?}");
     assert!(ticks.load(Ordering::SeqCst) as usize <= enqueued);
+    // A worker with a retention prunes the record by itself.
+    let pruner = Worker::builder(platform(&db, 3).await)
+        .keep_finished_for(Duration::ZERO)
+        .start()
+        .await
+        .unwrap();
+    assert!(
+        until(Duration::from_secs(5), async || {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM saas.jobs_done")
+                .fetch_one(db.platform())
+                .await
+                .unwrap()
+                == 0
+        })
+        .await
+    );
+    pruner.shutdown(Duration::from_secs(1)).await;
+
     assert!(ticks.load(Ordering::SeqCst) >= 2);
     assert!(
         saas_events::Worker::builder(p)
