@@ -79,6 +79,18 @@ struct Schedule {
     publish: ScheduleFn,
 }
 
+impl Schedule {
+    /// The first tick after `now`.
+    fn next_after(&self, now: DateTime<Utc>) -> Result<DateTime<Utc>, JobsError> {
+        self.cron
+            .find_next_occurrence(&now, false)
+            .map_err(|e| JobsError::Cron {
+                expr: self.expr.clone(),
+                reason: e.to_string(),
+            })
+    }
+}
+
 /// Configures and starts workers.
 ///
 /// ```no_run
@@ -292,13 +304,7 @@ impl WorkerBuilder {
         }
         let me = Uuid::now_v7();
         for s in &self.schedules {
-            let next = s
-                .cron
-                .find_next_occurrence(&Utc::now(), false)
-                .map_err(|e| JobsError::Cron {
-                    expr: s.expr.clone(),
-                    reason: e.to_string(),
-                })?;
+            let next = s.next_after(Utc::now())?;
             sqlx::query(
                 "INSERT INTO saas.job_schedules (name, cron, next_run_at) VALUES ($1, $2, $3) \
                  ON CONFLICT (name) DO UPDATE SET cron = excluded.cron, \
@@ -884,13 +890,7 @@ async fn run_schedule(shared: &Shared, s: &Schedule) -> Result<(), JobsError> {
             .fetch_optional(&shared.pool)
             .await?;
     let Some(due) = due else { return Ok(()) };
-    let next = s
-        .cron
-        .find_next_occurrence(&Utc::now(), false)
-        .map_err(|e| JobsError::Cron {
-            expr: s.expr.clone(),
-            reason: e.to_string(),
-        })?;
+    let next = s.next_after(Utc::now())?;
     let mut tx = SystemTx::begin(&shared.platform, "events.schedule").await?;
     let moved = sqlx::query("UPDATE saas.job_schedules SET next_run_at = $3 WHERE name = $1 AND next_run_at = $2")
         .bind(&s.name)
