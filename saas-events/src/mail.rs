@@ -264,19 +264,31 @@ mod smtp {
     impl SmtpMailer {
         /// Implicit TLS (port 465) to `host`, authenticated.
         pub fn relay(host: &str, username: &str, password: &str, from: &str) -> Result<Self, MailError> {
-            let transport = AsyncSmtpTransport::<Tokio1Executor>::relay(host)
-                .map_err(|e| MailError::Permanent(e.to_string()))?
-                .credentials(Credentials::new(username.to_owned(), password.to_owned()))
-                .build();
-            Ok(SmtpMailer {
-                transport,
-                from: mailbox(from)?,
-            })
+            Self::authenticated(
+                AsyncSmtpTransport::<Tokio1Executor>::relay(host),
+                username,
+                password,
+                from,
+            )
         }
 
         /// STARTTLS (port 587) to `host`, authenticated.
         pub fn starttls(host: &str, username: &str, password: &str, from: &str) -> Result<Self, MailError> {
-            let transport = AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(host)
+            Self::authenticated(
+                AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(host),
+                username,
+                password,
+                from,
+            )
+        }
+
+        fn authenticated(
+            builder: Result<lettre::transport::smtp::AsyncSmtpTransportBuilder, lettre::transport::smtp::Error>,
+            username: &str,
+            password: &str,
+            from: &str,
+        ) -> Result<Self, MailError> {
+            let transport = builder
                 .map_err(|e| MailError::Permanent(e.to_string()))?
                 .credentials(Credentials::new(username.to_owned(), password.to_owned()))
                 .build();

@@ -993,9 +993,15 @@ impl FlagSet {
     /// Counts one evaluation of `name` for the usage report (one relaxed atomic add).
     #[inline]
     pub fn count(&self, name: &str) {
-        if let Some(i) = self.lookup(name) {
-            self.flags[i as usize].uses.fetch_add(1, Ordering::Relaxed);
-        }
+        self.lookup_counted(name);
+    }
+
+    /// The flag's position, counting one evaluation of it.
+    #[inline]
+    pub(crate) fn lookup_counted(&self, name: &str) -> Option<u32> {
+        let i = self.lookup(name)?;
+        self.flags[i as usize].uses.fetch_add(1, Ordering::Relaxed);
+        Some(i)
     }
 
     /// Takes over `previous`'s evaluation counters for flags of the same name, so that

@@ -103,6 +103,17 @@ pub struct VariantResult<'a> {
     pub feature_enabled: bool,
 }
 
+impl<'a> From<Evaluation<'a>> for VariantResult<'a> {
+    fn from(e: Evaluation<'a>) -> Self {
+        VariantResult {
+            name: e.variant.map(|v| v.name).unwrap_or("disabled"),
+            payload: e.variant.and_then(|v| v.payload),
+            enabled: e.variant.is_some(),
+            feature_enabled: e.enabled,
+        }
+    }
+}
+
 impl FlagSet {
     /// Whether `name` is on for `ctx`; unknown flags are off.
     #[inline]
@@ -116,19 +127,29 @@ impl FlagSet {
     /// The variant of `name` for `ctx`, as Unleash's `getVariant` answers.
     #[inline]
     pub fn variant(&self, name: &str, ctx: &Context) -> VariantResult<'_> {
-        let e = self.evaluate(name, ctx);
-        VariantResult {
-            name: e.variant.map(|v| v.name).unwrap_or("disabled"),
-            payload: e.variant.and_then(|v| v.payload),
-            enabled: e.variant.is_some(),
-            feature_enabled: e.enabled,
-        }
+        self.evaluate(name, ctx).into()
     }
 
     /// Evaluates `name` for `ctx`: value, variant, reason and version.
     #[inline]
     pub fn evaluate(&self, name: &str, ctx: &Context) -> Evaluation<'_> {
-        match self.lookup(name) {
+        self.evaluate_found(self.lookup(name), ctx)
+    }
+
+    /// [`FlagSet::is_enabled`], counting the evaluation for the usage report.
+    pub(crate) fn is_enabled_counted(&self, name: &str, ctx: &Context) -> bool {
+        self.lookup_counted(name)
+            .is_some_and(|i| self.enabled_at(i, ctx).0.is_some())
+    }
+
+    /// [`FlagSet::evaluate`], counting the evaluation for the usage report.
+    pub(crate) fn evaluate_counted(&self, name: &str, ctx: &Context) -> Evaluation<'_> {
+        self.evaluate_found(self.lookup_counted(name), ctx)
+    }
+
+    #[inline]
+    fn evaluate_found(&self, found: Option<u32>, ctx: &Context) -> Evaluation<'_> {
+        match found {
             Some(i) => self.evaluate_at(i, ctx),
             None => Evaluation {
                 enabled: false,

@@ -44,20 +44,17 @@ impl Flags {
 
     /// Whether `name` is on.
     pub fn is_enabled(&self, name: &str) -> bool {
-        self.set.count(name);
-        self.set.is_enabled(name, &self.ctx)
+        self.set.is_enabled_counted(name, &self.ctx)
     }
 
     /// The variant of `name` (Unleash's `getVariant`).
     pub fn variant(&self, name: &str) -> VariantResult<'_> {
-        self.set.count(name);
-        self.set.variant(name, &self.ctx)
+        self.set.evaluate_counted(name, &self.ctx).into()
     }
 
     /// The full evaluation of `name`: value, variant, reason, version.
     pub fn evaluate(&self, name: &str) -> Evaluation<'_> {
-        self.set.count(name);
-        self.set.evaluate(name, &self.ctx)
+        self.set.evaluate_counted(name, &self.ctx)
     }
 
     /// The context.
@@ -203,7 +200,7 @@ impl Gate for RequireFlag {
         match parts.extensions.get::<Flags>() {
             Some(flags) if flags.is_enabled(&self.name) => Ok(()),
             Some(flags) => {
-                tracing::debug!(flag = %self.name, reason = ?flags.evaluate(&self.name).reason, "route hidden by flag");
+                tracing::debug!(flag = %self.name, reason = ?flags.set().evaluate(&self.name, flags.context()).reason, "route hidden by flag");
                 Err(Problem::not_found())
             }
             None => Err(Problem::internal().with_internal("RequireFlag needs FlagsLayer outside it")),

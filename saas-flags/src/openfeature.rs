@@ -82,8 +82,7 @@ impl SaasFlagsProvider {
         parse: impl FnOnce(&str) -> Option<T>,
     ) -> EvaluationResult<ResolutionDetails<T>> {
         let set = self.store.snapshot();
-        set.count(key);
-        let e = set.evaluate(key, &context(ec));
+        let e = set.evaluate_counted(key, &context(ec));
         match e.reason {
             Reason::NotFound => return Err(error(EvaluationErrorCode::FlagNotFound, format!("no flag {key:?}"))),
             Reason::Invalid => {
@@ -125,8 +124,7 @@ impl FeatureProvider for SaasFlagsProvider {
 
     async fn resolve_bool_value(&self, key: &str, ec: &EvaluationContext) -> EvaluationResult<ResolutionDetails<bool>> {
         let set = self.store.snapshot();
-        set.count(key);
-        let e = set.evaluate(key, &context(ec));
+        let e = set.evaluate_counted(key, &context(ec));
         match e.reason {
             Reason::NotFound => Err(error(EvaluationErrorCode::FlagNotFound, format!("no flag {key:?}"))),
             _ => Ok(ResolutionDetails {
