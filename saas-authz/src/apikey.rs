@@ -23,8 +23,9 @@ use uuid::Uuid;
 
 use crate::error::{ApiKeyError, AuthError};
 use crate::membership::require_manager;
-use crate::notify;
+use crate::notify::{self, Change};
 use crate::secret::{self, Secret, Token};
+use saas_core::notify::{Lifeline, Notice};
 
 /// What to create.
 #[derive(Debug, Clone)]
@@ -36,15 +37,36 @@ pub struct NewApiKey {
     pub scopes: Vec<String>,
     /// When it stops working, if ever.
     pub expires_at: Option<DateTime<Utc>>,
+    /// For a service-account key: the role it holds. `None`: a member's key.
+    pub service_role: Option<String>,
 }
 
 impl NewApiKey {
-    /// A key named `name` with `scopes`, without expiry.
+    /// A member's key named `name` with `scopes`, without expiry. It acts for the member
+    /// who creates it: what it may do is its scopes intersected with that member's
+    /// permissions at the time of each request, and it is revoked when the member leaves
+    /// or is removed.
     pub fn new<I: IntoIterator<Item = S>, S: Into<String>>(name: impl Into<String>, scopes: I) -> Self {
         Self {
             name: name.into(),
             scopes: scopes.into_iter().map(Into::into).collect(),
             expires_at: None,
+            service_role: None,
+        }
+    }
+
+    /// A service-account key named `name`: it belongs to the tenant, holds `role` (which
+    /// its creator must hold or outrank), is limited to `scopes` (`["*:*"]` is not a scope;
+    /// list them), survives the removal of any member, and appears as an `api_key` actor in
+    /// the audit log.
+    pub fn service_account<I: IntoIterator<Item = S>, S: Into<String>>(
+        name: impl Into<String>,
+        role: impl Into<String>,
+        scopes: I,
+    ) -> Self {
+        Self {
+            service_role: Some(role.into()),
+            ..Self::new(name, scopes)
         }
     }
     /// Expires at `at`.
@@ -68,8 +90,10 @@ pub struct ApiKey {
     pub display_prefix: String,
     /// The permissions it is limited to.
     pub scopes: Vec<String>,
-    /// Who created it (requests with it act as this user, limited to the scopes).
+    /// Who created it (a member's key acts as this user, limited to the scopes).
     pub created_by: UserId,
+    /// For a service-account key, the role it holds; `None` for a member's key.
+    pub service_role: Option<String>,
     /// When it was created.
     pub created_at: DateTime<Utc>,
     /// When it expires.
@@ -91,7 +115,7 @@ pub struct IssuedApiKey {
 }
 
 const COLUMNS: &str =
-    "id, tenant_id, name, display_prefix, scopes, created_by, created_at, expires_at, revoked_at, last_used_at";
+    "id, tenant_id, name, display_prefix, scopes, created_by, role, created_at, expires_at, revoked_at, last_used_at";
 
 fn key_from(row: &sqlx::postgres::PgRow) -> Result<ApiKey, sqlx::Error> {
     Ok(ApiKey {
@@ -101,6 +125,7 @@ fn key_from(row: &sqlx::postgres::PgRow) -> Result<ApiKey, sqlx::Error> {
         display_prefix: row.try_get("display_prefix")?,
         scopes: row.try_get("scopes")?,
         created_by: row.try_get("created_by")?,
+        service_role: row.try_get("role")?,
         created_at: row.try_get("created_at")?,
         expires_at: row.try_get("expires_at")?,
         revoked_at: row.try_get("revoked_at")?,
@@ -127,6 +152,7 @@ struct Verified {
     tenant: TenantId,
     digest: [u8; 32],
     created_by: UserId,
+    service: bool,
     scopes: Arc<[String]>,
     expires_at: Option<DateTime<Utc>>,
     revoked: bool,
@@ -141,6 +167,8 @@ struct Inner {
     /// Keys used since the last flush (each at most once a minute): id → (tenant, when).
     used: Mutex<HashMap<ApiKeyId, (TenantId, DateTime<Utc>)>>,
     clock: Arc<dyn Clock>,
+    /// Ends the change listener when the last clone is dropped.
+    life: Lifeline,
 }
 
 /// Creates, lists, revokes and authenticates API keys.
@@ -170,6 +198,7 @@ impl ApiKeys {
                     .build(),
                 used: Mutex::new(HashMap::new()),
                 clock: Arc::new(SystemClock),
+                life: Lifeline::new(),
             }),
         }
     }
@@ -228,14 +257,26 @@ impl ApiKeys {
             return Err(ApiKeyError::ExpiryInPast);
         }
         require_manager(tx, actor).await.map_err(member_to_key_error)?;
+        if let Some(role) = &new.service_role {
+            // Nobody hands a machine a role above their own.
+            let ranked = crate::membership::ranked(tx, None, &[role.as_str()])
+                .await
+                .map_err(member_to_key_error_keep_role)?;
+            let actor_rank = crate::membership::acting_rank(tx, actor)
+                .await
+                .map_err(member_to_key_error)?;
+            if ranked.iter().any(|(_, rank)| *rank > actor_rank) {
+                return Err(ApiKeyError::Forbidden);
+            }
+        }
         let tenant = tx.tenant();
         let id = ApiKeyId::new();
         let token = Token::new(tenant.into_uuid(), id.into_uuid());
         let full = token.encode(&self.inner.prefix);
         let display_prefix = format!("{}…", &full[..self.inner.prefix.len() + 5]);
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO saas.api_keys (tenant_id, id, name, display_prefix, secret_hash, scopes, created_by, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {COLUMNS}"
+            "INSERT INTO saas.api_keys (tenant_id, id, name, display_prefix, secret_hash, scopes, created_by, created_at, expires_at, kind, role) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING {COLUMNS}"
         )))
         .bind(tenant)
         .bind(id)
@@ -246,14 +287,21 @@ impl ApiKeys {
         .bind(actor.user_id)
         .bind(now)
         .bind(new.expires_at)
+        .bind(if new.service_role.is_some() { "service" } else { "member" })
+        .bind(&new.service_role)
         .fetch_one(&mut **tx)
         .await?;
         let key = key_from(&row)?;
         let record = AuditRecord::new(tenant, Actor::from(actor), "api_key.created")?
             .target("api_key", id)
-            .metadata(json!({ "after": { "name": key.name, "scopes": key.scopes, "expires_at": key.expires_at } }))
+            .metadata(json!({ "after": {
+                "name": key.name, "scopes": key.scopes, "expires_at": key.expires_at, "service_role": key.service_role } }))
             .at(now);
         audit::record(tx, &record).await?;
+        if key.service_role.is_some() {
+            // The evaluator knows service accounts as members holding their role.
+            notify::send(tx, &Change::Policy { tenant }).await?;
+        }
         Ok(IssuedApiKey {
             key,
             secret: Secret::new(full),
@@ -295,14 +343,18 @@ impl ApiKeys {
                 .metadata(json!({ "before": { "revoked_at": null }, "after": { "revoked_at": now } }))
                 .at(now);
             audit::record(tx, &record).await?;
-            notify::send(tx, &format!("api_key:{id}")).await?;
+            notify::send(tx, &Change::ApiKey { key: id }).await?;
+            if key.service_role.is_some() {
+                notify::send(tx, &Change::Policy { tenant }).await?;
+            }
         }
         self.inner.cache.invalidate(&id.into_uuid());
         Ok(key)
     }
 
-    /// Authenticates a presented key: the principal of its creator, bound to the key's
-    /// tenant and limited to its scopes. Unknown keys and wrong secrets get the same
+    /// Authenticates a presented key: for a member's key the principal of its creator, for
+    /// a service-account key the key itself; either bound to the key's tenant and limited
+    /// to its scopes. Unknown keys and wrong secrets get the same
     /// answer; a correct secret learns that its key was revoked or expired.
     pub async fn authenticate(&self, presented: &str) -> Result<Principal, AuthError> {
         let token = Token::parse(&self.inner.prefix, presented).ok_or(AuthError::InvalidApiKey)?;
@@ -339,25 +391,24 @@ impl ApiKeys {
         {
             used.insert(id, (tenant, now));
         }
-        Ok(Principal::api_key(
-            verified.created_by,
-            id,
-            tenant,
-            verified.scopes.clone(),
-        ))
+        Ok(if verified.service {
+            Principal::service_account(id, tenant, verified.scopes.clone())
+        } else {
+            Principal::api_key(verified.created_by, id, tenant, verified.scopes.clone())
+        })
     }
 
     async fn load(&self, tenant: TenantId, id: Uuid) -> Result<Option<Verified>, AuthError> {
-        let mut tx = saas_core::db::begin_scoped(&self.inner.pool, tenant).await?;
+        let mut tx = crate::tenant_tx(&self.inner.pool, tenant).await?;
         let row = sqlx::query(
-            "SELECT secret_hash, created_by, scopes, expires_at, revoked_at IS NOT NULL AS revoked \
+            "SELECT secret_hash, created_by, kind = 'service' AS service, scopes, expires_at, revoked_at IS NOT NULL AS revoked \
              FROM saas.api_keys WHERE tenant_id = $1 AND id = $2",
         )
         .bind(tenant)
         .bind(id)
         .fetch_optional(&mut *tx)
         .await?;
-        tx.commit().await?;
+        tx.commit().await.map_err(crate::db_err)?;
         let Some(row) = row else { return Ok(None) };
         let hash: Vec<u8> = row.try_get("secret_hash")?;
         let mut digest = [0u8; 32];
@@ -370,6 +421,7 @@ impl ApiKeys {
             tenant,
             digest,
             created_by: row.try_get("created_by")?,
+            service: row.try_get("service")?,
             scopes: scopes.into(),
             expires_at: row.try_get("expires_at")?,
             revoked: row.try_get("revoked")?,
@@ -393,7 +445,7 @@ impl ApiKeys {
         for (tenant, keys) in by_tenant {
             let ids: Vec<ApiKeyId> = keys.iter().map(|k| k.0).collect();
             let ats: Vec<DateTime<Utc>> = keys.iter().map(|k| k.1).collect();
-            let mut tx = saas_core::db::begin_scoped(&self.inner.pool, tenant).await?;
+            let mut tx = crate::tenant_tx(&self.inner.pool, tenant).await?;
             let done = sqlx::query(
                 "UPDATE saas.api_keys k SET last_used_at = greatest(k.last_used_at, u.at) \
                  FROM unnest($2::uuid[], $3::timestamptz[]) AS u(id, at) \
@@ -404,7 +456,7 @@ impl ApiKeys {
             .bind(&ats)
             .execute(&mut *tx)
             .await?;
-            tx.commit().await?;
+            tx.commit().await.map_err(crate::db_err)?;
             n += usize::try_from(done.rows_affected()).unwrap_or(usize::MAX);
         }
         Ok(n)
@@ -425,21 +477,27 @@ impl ApiKeys {
         })
     }
 
-    /// Drops revoked keys from this process's cache as soon as any process revokes them.
+    /// Drops revoked keys from this process's cache as soon as any process revokes them
+    /// (directly, or by removing the member who created them). Ends when the last clone
+    /// of these keys is dropped.
     pub fn listen(&self) -> tokio::task::JoinHandle<()> {
         let cache = self.inner.cache.clone();
-        notify::spawn(self.inner.pool.clone(), move |payload| {
-            match payload.and_then(|p| p.strip_prefix("api_key:")) {
-                Some(id) => {
-                    if let Ok(id) = id.parse::<ApiKeyId>() {
-                        cache.invalidate(&id.into_uuid());
-                    }
-                }
-                None if payload.is_none() => cache.invalidate_all(),
-                None => {}
-            }
-            true
-        })
+        notify::spawn(
+            self.inner.pool.clone(),
+            self.inner.life.ended(),
+            move |notice| match notice {
+                Notice::Message(Change::ApiKey { key }) => cache.invalidate(&key.into_uuid()),
+                Notice::Message(_) => {}
+                Notice::Gap => cache.invalidate_all(),
+            },
+        )
+    }
+}
+
+fn member_to_key_error_keep_role(e: crate::error::MemberError) -> ApiKeyError {
+    match e {
+        crate::error::MemberError::UnknownRole(r) => ApiKeyError::UnknownRole(r),
+        other => member_to_key_error(other),
     }
 }
 

@@ -3,7 +3,7 @@
 use http::{HeaderValue, StatusCode, header};
 use saas_core::{IntoProblem, Problem};
 
-/// Why a request could not be authenticated. Every variant but the last two answers 401
+/// Why a request could not be authenticated. Every variant but the last three answers 401
 /// with a `WWW-Authenticate: Bearer` challenge; the body names the kind of failure, never
 /// which part of a secret was wrong.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +58,14 @@ pub enum AuthError {
     /// The database could not be reached.
     #[error("database error while authenticating: {0}")]
     Database(#[from] sqlx::Error),
+    /// The verifier is configured without an audience and without the explicit opt-out:
+    /// every token is refused (a token the provider issued to another application would
+    /// otherwise be accepted).
+    #[error(
+        "the token verifier has no audience: configure Oidc::audience(\"<your API identifier>\") \
+         (or, for providers that set none, Oidc::without_audience_check() with authorized_parties)"
+    )]
+    NoAudience,
 }
 
 impl AuthError {
@@ -69,6 +77,7 @@ impl AuthError {
             AuthError::Expired => "token-expired",
             AuthError::InvalidApiKey | AuthError::ApiKeyRevoked | AuthError::ApiKeyExpired => "invalid-api-key",
             AuthError::IdentityProvider(_) | AuthError::Database(_) => "authentication-unavailable",
+            AuthError::NoAudience => "authentication-misconfigured",
             _ => "invalid-token",
         }
     }
@@ -80,6 +89,7 @@ impl IntoProblem for AuthError {
             AuthError::IdentityProvider(_) | AuthError::Database(_) => {
                 Problem::unavailable().with_type(self.slug()).with_internal(self)
             }
+            AuthError::NoAudience => Problem::internal().with_type(self.slug()).with_internal(self),
             AuthError::Missing => Problem::unauthenticated()
                 .with_type(self.slug())
                 .with_detail("This endpoint needs a bearer token or an API key.")
@@ -149,9 +159,13 @@ pub enum ApiKeyError {
     /// No such key in this tenant.
     #[error("no such API key")]
     NotFound,
-    /// Only members with the admin or owner role manage API keys.
-    #[error("managing API keys needs the admin or owner role")]
+    /// Only members with the admin or owner role manage API keys, and a service account's
+    /// role may not rank above its creator's.
+    #[error("managing API keys needs the admin or owner role, and a service account's role may not rank above yours")]
     Forbidden,
+    /// A service account's role does not exist in this tenant.
+    #[error("no role {0:?} in this organisation")]
+    UnknownRole(String),
     /// Writing the audit record failed.
     #[error(transparent)]
     Audit(#[from] saas_core::audit::AuditError),
@@ -163,7 +177,10 @@ pub enum ApiKeyError {
 impl IntoProblem for ApiKeyError {
     fn to_problem(&self) -> Problem {
         match self {
-            ApiKeyError::InvalidName | ApiKeyError::InvalidScope(_) | ApiKeyError::ExpiryInPast => {
+            ApiKeyError::InvalidName
+            | ApiKeyError::InvalidScope(_)
+            | ApiKeyError::ExpiryInPast
+            | ApiKeyError::UnknownRole(_) => {
                 Problem::unprocessable(self.to_string()).with_type("invalid-api-key-request")
             }
             ApiKeyError::NotFound => Problem::not_found().with_type("api-key-not-found"),
@@ -247,8 +264,9 @@ pub enum InvitationError {
     /// The invitation was used already.
     #[error("this invitation was already accepted")]
     AlreadyAccepted,
-    /// The invitation was revoked.
-    #[error("this invitation was revoked")]
+    /// The invitation was revoked, or its inviter is no longer a member whose role covers
+    /// the invited role (an invitation does not outlive its inviter's rights).
+    #[error("this invitation was revoked; ask for a new one")]
     Revoked,
     /// The accepting user's verified email is not the invited one.
     #[error("this invitation was sent to another email address")]

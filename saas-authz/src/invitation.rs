@@ -18,7 +18,7 @@ use sqlx::{PgConnection, Row};
 
 use crate::error::{InvitationError, MailerError, MemberError};
 use crate::membership::{Member, Memberships, acting_rank, ranked, require_manager};
-use crate::role::MANAGER_RANK;
+use crate::role::{self, MANAGER_RANK};
 use crate::secret::{self, Secret, Token};
 use crate::users::Users;
 
@@ -238,7 +238,10 @@ impl<M: InvitationMailer, L: SeatLimit> Invitations<M, L> {
     ) -> Result<Invitation, InvitationError> {
         let email = normalise_email(email)?;
         // Built-in or the tenant's custom role, with its rank.
-        let rank = ranked(tx, &[role]).await?.first().map_or(u8::MAX, |(_, rank)| *rank);
+        let rank = ranked(tx, self.memberships.model(), &[role])
+            .await?
+            .first()
+            .map_or(u8::MAX, |(_, rank)| *rank);
         let actor_rank = acting_rank(tx, actor).await?;
         if actor_rank < MANAGER_RANK {
             return Err(MemberError::Forbidden.into());
@@ -386,8 +389,11 @@ impl<M: InvitationMailer, L: SeatLimit> Invitations<M, L> {
     }
 
     /// Accepts an invitation as `principal` (signed in with the identity provider). `tx`
-    /// must be a transaction for [`InvitationToken::tenant`]. The user's verified email
-    /// must be the invited one unless the tenant allows any; the link works once.
+    /// must be a transaction for [`InvitationToken::tenant`]; it is made to act for the
+    /// principal (so that the user's own identity can be read). The user's verified email
+    /// must be the invited one unless the tenant allows any; the link works once; and the
+    /// inviter must still be a member whose rank covers the role
+    /// ([`InvitationError::Revoked`] otherwise).
     pub async fn accept(
         &self,
         tx: &mut TenantTx,
@@ -421,8 +427,27 @@ impl<M: InvitationMailer, L: SeatLimit> Invitations<M, L> {
         if invitation.expires_at <= now {
             return Err(InvitationError::Expired);
         }
+        // The inviter must still be a member whose rank covers the role: an invitation
+        // does not outlive its inviter's rights.
+        let inviter: Option<Vec<String>> =
+            sqlx::query_scalar("SELECT roles FROM saas.memberships WHERE tenant_id = $1 AND user_id = $2")
+                .bind(tenant)
+                .bind(invitation.invited_by)
+                .fetch_optional(&mut **tx)
+                .await?;
+        let inviter_rank = inviter.as_deref().map_or(0, role::max_rank);
+        let role_rank = ranked(tx, self.memberships.model(), &[invitation.role.as_str()])
+            .await?
+            .first()
+            .map_or(u8::MAX, |(_, rank)| *rank);
+        if inviter_rank < MANAGER_RANK || role_rank > inviter_rank {
+            return Err(InvitationError::Revoked);
+        }
         let settings = Memberships::settings(tx).await?;
         if !settings.invitations_any_email {
+            // The accepting user reads their own identity (row-level security shows a
+            // user only themselves and the tenant's members).
+            tx.act_as(principal.user_id).await.map_err(crate::db_err)?;
             let user = Users::get(tx, principal.user_id).await?;
             let matches =
                 user.is_some_and(|u| u.email_verified && u.email.as_deref() == Some(invitation.email.as_str()));

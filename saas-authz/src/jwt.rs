@@ -321,6 +321,8 @@ impl IssuerInner {
 pub struct Oidc {
     issuer: Issuer,
     audiences: Vec<String>,
+    /// `aud` is deliberately not checked ([`Oidc::without_audience_check`]).
+    any_audience: bool,
     authorized_parties: Option<Vec<String>>,
     leeway: u64,
     preset: ClaimPreset,
@@ -329,10 +331,14 @@ pub struct Oidc {
 
 impl Oidc {
     /// Verifies tokens of `issuer`, with the plain OIDC claims and a 30-second leeway.
+    /// Configure an [`audience`](Self::audience): until then every token is refused
+    /// ([`AuthError::NoAudience`]), since a token the provider issued to another
+    /// application of yours would otherwise be accepted.
     pub fn new(issuer: Issuer) -> Self {
         Self {
             issuer,
             audiences: Vec::new(),
+            any_audience: false,
             authorized_parties: None,
             leeway: 30,
             preset: ClaimPreset::Oidc,
@@ -340,11 +346,25 @@ impl Oidc {
         }
     }
 
-    /// Requires `aud` to contain `audience` (call again to accept several). Without any
-    /// audience, `aud` is not checked: configure one unless the provider does not set it
-    /// (Clerk), and then use [`authorized_parties`](Self::authorized_parties).
+    /// Requires `aud` to contain `audience` (call again to accept several). Required,
+    /// unless [`without_audience_check`](Self::without_audience_check) says otherwise.
     pub fn audience(mut self, audience: impl Into<String>) -> Self {
         self.audiences.push(audience.into());
+        self
+    }
+
+    /// Accepts tokens whatever their `aud`, for providers that set none (Clerk's session
+    /// tokens); bind tokens to your application with
+    /// [`authorized_parties`](Self::authorized_parties) instead. Logs a warning when
+    /// called (at start-up): any token of the same issuer, for any application, passes
+    /// the audience check.
+    pub fn without_audience_check(mut self) -> Self {
+        tracing::warn!(
+            issuer = self.issuer.issuer(),
+            "token audience is not checked: any token of this issuer, for any application, is accepted \
+             (configure Oidc::audience, or at least authorized_parties)"
+        );
+        self.any_audience = true;
         self
     }
 
@@ -408,6 +428,10 @@ impl Oidc {
         validation.set_issuer(&[self.issuer.issuer()]);
         let mut required = vec!["exp", "iss", "sub"];
         if self.audiences.is_empty() {
+            if !self.any_audience {
+                tracing::error!(issuer = self.issuer.issuer(), "{}", AuthError::NoAudience);
+                return Err(AuthError::NoAudience);
+            }
             validation.validate_aud = false;
         } else {
             validation.set_audience(&self.audiences);

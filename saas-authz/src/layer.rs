@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::header::{AUTHORIZATION, HeaderName};
 use http::{HeaderMap, Request, Response};
 use moka::sync::Cache;
-use saas_core::service::{Gate, GateLayer, GateService};
+use saas_core::service::{Gate, GateLayer, GateService, PathPrefixes};
 use saas_core::telemetry::RequestSpan;
 use saas_core::{IntoProblem, Principal, Problem};
 use tower::{Layer, Service};
@@ -37,7 +37,7 @@ struct Authenticator {
     oidc: Option<Oidc>,
     api_keys: Option<ApiKeys>,
     api_key_header: Option<HeaderName>,
-    anonymous: Arc<[String]>,
+    anonymous: PathPrefixes,
     optional: bool,
     verified: Cache<u64, Arc<Cached>, foldhash::fast::FixedState>,
     /// Seeded per process, so that nobody can aim tokens at one cache slot.
@@ -88,7 +88,7 @@ impl AuthenticateLayer {
                 oidc: None,
                 api_keys: None,
                 api_key_header: None,
-                anonymous: Arc::from(Vec::new()),
+                anonymous: PathPrefixes::default(),
                 optional: false,
                 verified: Cache::builder()
                     // 64 MiB of tokens at most.
@@ -122,9 +122,11 @@ impl AuthenticateLayer {
     }
 
     /// Path prefixes that may be called without credentials (health, public pages).
+    /// Prefixes match whole segments: `/health` opens `/health` and `/health/…`, never
+    /// `/healthz-admin`.
     pub fn anonymous<I: IntoIterator<Item = S>, S: Into<String>>(self, prefixes: I) -> Self {
-        let list: Vec<String> = prefixes.into_iter().map(Into::into).collect();
-        self.edit(|a| a.anonymous = list.into())
+        let list = PathPrefixes::new(prefixes);
+        self.edit(|a| a.anonymous = list)
     }
 
     /// Lets requests without credentials through everywhere (without a principal);
@@ -238,7 +240,7 @@ impl Authenticator {
     }
 
     fn is_anonymous(&self, path: &str) -> bool {
-        self.optional || self.anonymous.iter().any(|p| path.starts_with(p.as_str()))
+        self.optional || self.anonymous.matches(path)
     }
 }
 

@@ -99,6 +99,24 @@ pub use users::{User, Users};
 /// invitations). Run after saas-core's and saas-tenancy's, as the migration owner.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
 
+/// A transaction scoped to `tenant` on `pool` (saas-tenancy's `TenantTx`, the one way one
+/// is opened), for saas-authz's own reads whose errors are database errors.
+pub(crate) async fn tenant_tx(
+    pool: &sqlx::PgPool,
+    tenant: saas_core::TenantId,
+) -> Result<saas_tenancy::TenantTx, sqlx::Error> {
+    saas_tenancy::TenantTx::begin(pool, tenant).await.map_err(db_err)
+}
+
+/// The database error inside a tenancy error (the only kind beginning or committing a
+/// `TenantTx` returns).
+pub(crate) fn db_err(e: saas_tenancy::TenancyError) -> sqlx::Error {
+    match e {
+        saas_tenancy::TenancyError::Database(e) => e,
+        other => sqlx::Error::Protocol(other.to_string()),
+    }
+}
+
 /// Seconds since the epoch, by the system clock (token times are in it).
 pub(crate) fn unix_now() -> i64 {
     std::time::SystemTime::now()

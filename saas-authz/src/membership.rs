@@ -16,8 +16,10 @@ use serde_json::json;
 use sqlx::{PgConnection, PgPool, Row};
 
 use crate::error::MemberError;
-use crate::notify;
+use crate::notify::{self, Change};
+use crate::rbac::{Model, RoleDef};
 use crate::role::{self, MANAGER_RANK, OWNER};
+use saas_core::notify::{Lifeline, Notice};
 
 /// A member of a tenant.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,6 +86,9 @@ pub struct Memberships {
     members: Cache<(TenantId, UserId), bool>,
     settings: Cache<TenantId, AuthSettings>,
     clock: Arc<dyn Clock>,
+    model: Option<Arc<Model>>,
+    /// Ends the change listener when the last clone is dropped.
+    life: Arc<Lifeline>,
 }
 
 impl std::fmt::Debug for Memberships {
@@ -104,50 +109,87 @@ fn member_from(row: &sqlx::postgres::PgRow) -> Result<Member, sqlx::Error> {
     })
 }
 
-/// The rank of each role: built-in, or the stored rank of the tenant's custom role;
-/// unknown roles are an error.
-pub(crate) async fn ranked(tx: &mut TenantTx, roles: &[&str]) -> Result<Vec<(String, u8)>, MemberError> {
+/// The rank of each role: built-in by name; a custom role's is computed from the role as
+/// compiled now with the tenant's other custom roles (what it includes counts), so that it
+/// never goes stale. Without the model ([`Memberships::with_model`]) a custom role counts
+/// as owner-level: only owners grant it. Unknown roles are an error. The tenant's role
+/// definitions are read `FOR SHARE`, so a concurrent redefinition waits for this
+/// transaction.
+pub(crate) async fn ranked(
+    tx: &mut TenantTx,
+    model: Option<&Model>,
+    roles: &[&str],
+) -> Result<Vec<(String, u8)>, MemberError> {
     if roles.is_empty() || roles.len() > 16 {
         return Err(MemberError::NoRoles);
     }
-    let tenant = tx.tenant();
-    let mut out: Vec<(String, u8)> = Vec::with_capacity(roles.len());
+    let mut unique: Vec<&str> = Vec::with_capacity(roles.len());
     for r in roles {
-        if out.iter().any(|(o, _)| o == r) {
-            continue;
+        if !unique.contains(r) {
+            unique.push(r);
         }
-        let rank = match role::rank(r) {
-            Some(rank) => rank,
-            None => {
-                let custom: Option<i16> =
-                    sqlx::query_scalar("SELECT rank FROM saas.roles WHERE tenant_id = $1 AND name = $2")
-                        .bind(tenant)
-                        .bind(*r)
-                        .fetch_optional(&mut **tx)
-                        .await?;
-                custom
-                    .and_then(|c| u8::try_from(c).ok())
-                    .ok_or_else(|| MemberError::UnknownRole((*r).to_owned()))?
-            }
-        };
-        out.push(((*r).to_owned(), rank));
     }
-    Ok(out)
+    let ranks: Vec<Option<u8>> = if unique.iter().all(|r| role::rank(r).is_some()) {
+        unique.iter().map(|r| role::rank(r)).collect()
+    } else {
+        let custom = custom_roles(tx).await?;
+        match model {
+            Some(model) => model
+                .ranks_of(&custom, &unique)
+                .map_err(|e| MemberError::UnknownRole(e.to_string()))?,
+            None => unique
+                .iter()
+                .map(|r| role::rank(r).or_else(|| custom.iter().any(|c| c.name == *r).then_some(4)))
+                .collect(),
+        }
+    };
+    unique
+        .iter()
+        .zip(ranks)
+        .map(|(r, rank)| {
+            rank.map(|k| ((*r).to_owned(), k))
+                .ok_or_else(|| MemberError::UnknownRole((*r).to_owned()))
+        })
+        .collect()
 }
 
-/// The highest rank among `roles` (custom roles by their stored rank).
-async fn rank_of(tx: &mut TenantTx, roles: &[String]) -> Result<u8, MemberError> {
-    let tenant = tx.tenant();
+async fn custom_roles(tx: &mut TenantTx) -> Result<Vec<RoleDef>, sqlx::Error> {
+    let rows = sqlx::query("SELECT name, permissions, includes FROM saas.roles WHERE tenant_id = $1 FOR SHARE")
+        .bind(tx.tenant())
+        .fetch_all(&mut **tx)
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(RoleDef {
+                name: r.try_get("name")?,
+                permissions: r.try_get("permissions")?,
+                includes: r.try_get("includes")?,
+            })
+        })
+        .collect()
+}
+
+/// The highest rank among a member's `roles` (custom roles computed as in [`ranked`]; a
+/// role that no longer exists counts for nothing).
+async fn rank_of(tx: &mut TenantTx, model: Option<&Model>, roles: &[String]) -> Result<u8, MemberError> {
     let mut max = role::max_rank(roles);
-    let custom: Vec<&String> = roles.iter().filter(|r| role::rank(r).is_none()).collect();
+    let custom: Vec<&str> = roles
+        .iter()
+        .map(String::as_str)
+        .filter(|r| role::rank(r).is_none())
+        .collect();
     if !custom.is_empty() {
-        let stored: Option<i16> =
-            sqlx::query_scalar("SELECT max(rank) FROM saas.roles WHERE tenant_id = $1 AND name = ANY ($2)")
-                .bind(tenant)
-                .bind(custom)
-                .fetch_one(&mut **tx)
-                .await?;
-        max = max.max(stored.and_then(|s| u8::try_from(s).ok()).unwrap_or(0));
+        let defs = custom_roles(tx).await?;
+        let ranks = match model {
+            Some(model) => model
+                .ranks_of(&defs, &custom)
+                .unwrap_or_else(|_| vec![Some(4); custom.len()]),
+            None => custom
+                .iter()
+                .map(|r| defs.iter().any(|d| d.name == *r).then_some(4))
+                .collect(),
+        };
+        max = max.max(ranks.into_iter().flatten().max().unwrap_or(0));
     }
     Ok(max)
 }
@@ -166,6 +208,8 @@ impl Memberships {
                 .time_to_live(Duration::from_secs(60))
                 .build(),
             clock: Arc::new(SystemClock),
+            model: None,
+            life: Arc::new(Lifeline::new()),
         }
     }
 
@@ -175,32 +219,33 @@ impl Memberships {
         self
     }
 
+    /// Ranks the tenant's custom roles with `model` (the RBAC model, `authz.model()`): a
+    /// custom role ranks as the lowest built-in role whose permissions cover it, computed
+    /// from the role as it is now. Without a model, custom roles count as owner-level, so
+    /// only owners may grant them.
+    pub fn with_model(mut self, model: Model) -> Self {
+        self.model = Some(Arc::new(model));
+        self
+    }
+
+    pub(crate) fn model(&self) -> Option<&Model> {
+        self.model.as_deref()
+    }
+
     /// Keeps this process's cache in step with changes made anywhere: listens on
-    /// [`notify::CHANNEL`] until the returned task is aborted or the memberships dropped.
+    /// [`notify::CHANNEL`] until the returned task is aborted or the last clone of these
+    /// memberships is dropped (which closes the listener's connection at once).
     pub fn listen(&self) -> tokio::task::JoinHandle<()> {
         let members = self.members.clone();
         let settings = self.settings.clone();
-        notify::spawn(self.pool.clone(), move |payload| {
-            match payload.and_then(|p| p.split_once(':')) {
-                Some(("member", rest)) => {
-                    if let Some((t, u)) = rest.split_once(':')
-                        && let (Ok(t), Ok(u)) = (t.parse::<TenantId>(), u.parse::<UserId>())
-                    {
-                        members.invalidate(&(t, u));
-                    }
-                }
-                Some(("settings", t)) => {
-                    if let Ok(t) = t.parse::<TenantId>() {
-                        settings.invalidate(&t);
-                    }
-                }
-                Some(_) => {}
-                None => {
-                    members.invalidate_all();
-                    settings.invalidate_all();
-                }
+        notify::spawn(self.pool.clone(), self.life.ended(), move |notice| match notice {
+            Notice::Message(Change::Member { tenant, user }) => members.invalidate(&(tenant, user)),
+            Notice::Message(Change::Settings { tenant }) => settings.invalidate(&tenant),
+            Notice::Message(_) => {}
+            Notice::Gap => {
+                members.invalidate_all();
+                settings.invalidate_all();
             }
-            true
         })
     }
 
@@ -277,7 +322,7 @@ impl Memberships {
             .metadata(json!({ "before": before, "after": settings }))
             .at(now);
         audit::record(tx, &record).await?;
-        notify::send(tx, &format!("settings:{tenant}")).await?;
+        notify::send(tx, &Change::Settings { tenant }).await?;
         self.settings.invalidate(&tenant);
         Ok(settings)
     }
@@ -319,7 +364,7 @@ impl Memberships {
         user: UserId,
         roles: &[&str],
     ) -> Result<Member, MemberError> {
-        let roles = ranked(tx, roles).await?;
+        let roles = ranked(tx, self.model(), roles).await?;
         let actor_rank = acting_rank(tx, actor).await?;
         check_grant(actor_rank, &roles)?;
         let roles = roles.into_iter().map(|(r, _)| r).collect();
@@ -337,13 +382,10 @@ impl Memberships {
     ) -> Result<Member, MemberError> {
         let tenant = tx.tenant();
         let now = self.clock.now();
-        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM saas.users WHERE id = $1)")
-            .bind(user)
-            .fetch_one(&mut **tx)
-            .await?;
-        if !exists {
-            return Err(MemberError::UnknownUser);
-        }
+        // Users outside the tenant are invisible here (row-level security); the foreign
+        // key says whether the user exists, inside a savepoint so that an unknown user
+        // leaves the caller's transaction usable.
+        let mut savepoint = sqlx::Connection::begin(&mut **tx).await?;
         let inserted = sqlx::query(
             "INSERT INTO saas.memberships (tenant_id, user_id, roles, joined_at, invited_by) \
              VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id, user_id) DO NOTHING",
@@ -353,8 +395,13 @@ impl Memberships {
         .bind(&roles)
         .bind(now)
         .bind(invited_by)
-        .execute(&mut **tx)
-        .await?;
+        .execute(&mut *savepoint)
+        .await
+        .map_err(|e| match e.as_database_error().and_then(|d| d.code()) {
+            Some(code) if code == "23503" => MemberError::UnknownUser,
+            _ => MemberError::Database(e),
+        })?;
+        savepoint.commit().await?;
         if inserted.rows_affected() == 0 {
             return Err(MemberError::AlreadyMember);
         }
@@ -378,12 +425,12 @@ impl Memberships {
         roles: &[&str],
     ) -> Result<Member, MemberError> {
         let tenant = tx.tenant();
-        let roles = ranked(tx, roles).await?;
+        let roles = ranked(tx, self.model(), roles).await?;
         let actor_rank = acting_rank(tx, actor).await?;
         check_grant(actor_rank, &roles)?;
         let roles: Vec<String> = roles.into_iter().map(|(r, _)| r).collect();
         let before = lock_member(tx, user).await?.ok_or(MemberError::NotFound)?;
-        if rank_of(tx, &before.roles).await? > actor_rank {
+        if rank_of(tx, self.model(), &before.roles).await? > actor_rank {
             return Err(MemberError::AboveOwnRole(highest(&before.roles)));
         }
         if before.has_role(OWNER) && !roles.iter().any(|r| r == OWNER) {
@@ -407,6 +454,11 @@ impl Memberships {
     /// Removes `user` from the tenant; when the actor is that user, they leave. Removing
     /// someone else needs the admin or owner role and a rank at least theirs; the last
     /// owner can neither leave nor be removed.
+    ///
+    /// Credentials die with the membership, in the same transaction: the member's API keys
+    /// are revoked (every process drops them within about a second of the commit), their
+    /// direct resource grants deleted, and the invitations they sent that are still
+    /// pending revoked. Service-account keys belong to the tenant and stay.
     pub async fn remove(&self, tx: &mut TenantTx, actor: &Principal, user: UserId) -> Result<Member, MemberError> {
         let tenant = tx.tenant();
         let leaving = actor.user_id == user && matches!(actor.method, AuthMethod::IdToken);
@@ -416,30 +468,66 @@ impl Memberships {
             if actor_rank < MANAGER_RANK {
                 return Err(MemberError::Forbidden);
             }
-            if rank_of(tx, &before.roles).await? > actor_rank {
+            if rank_of(tx, self.model(), &before.roles).await? > actor_rank {
                 return Err(MemberError::AboveOwnRole(highest(&before.roles)));
             }
         }
         if before.has_role(OWNER) {
             ensure_other_owner(tx, user).await?;
         }
+        let now = self.clock.now();
         sqlx::query("DELETE FROM saas.memberships WHERE tenant_id = $1 AND user_id = $2")
             .bind(tenant)
             .bind(user)
             .execute(&mut **tx)
             .await?;
+        // Credentials die with their holder: the member's direct grants, their API keys
+        // (service-account keys belong to the tenant and stay) and the invitations they
+        // sent but nobody accepted yet.
+        let grants = sqlx::query("DELETE FROM saas.resource_grants WHERE tenant_id = $1 AND user_id = $2")
+            .bind(tenant)
+            .bind(user)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
+        let keys: Vec<saas_core::ApiKeyId> = sqlx::query_scalar(
+            "UPDATE saas.api_keys SET revoked_at = $3, revoked_by = $4 \
+             WHERE tenant_id = $1 AND created_by = $2 AND kind = 'member' AND revoked_at IS NULL RETURNING id",
+        )
+        .bind(tenant)
+        .bind(user)
+        .bind(now)
+        .bind(actor.user_id)
+        .fetch_all(&mut **tx)
+        .await?;
+        let invitations = sqlx::query(
+            "UPDATE saas.invitations SET revoked_at = $3 \
+             WHERE tenant_id = $1 AND invited_by = $2 AND accepted_at IS NULL AND revoked_at IS NULL",
+        )
+        .bind(tenant)
+        .bind(user)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
         let action = if leaving { "member.left" } else { "member.removed" };
         let record = AuditRecord::new(tenant, Actor::from(actor), action)?
             .target("user", user)
-            .metadata(json!({ "before": { "roles": before.roles }, "after": null }))
-            .at(self.clock.now());
+            .metadata(json!({
+                "before": { "roles": before.roles }, "after": null,
+                "revoked_api_keys": keys, "deleted_grants": grants, "revoked_invitations": invitations,
+            }))
+            .at(now);
         audit::record(tx, &record).await?;
+        for key in &keys {
+            notify::send(tx, &Change::ApiKey { key: *key }).await?;
+        }
         self.changed(tx, tenant, user).await?;
         Ok(before)
     }
 
     async fn changed(&self, conn: &mut PgConnection, tenant: TenantId, user: UserId) -> Result<(), MemberError> {
-        notify::send(conn, &format!("member:{tenant}:{user}")).await?;
+        notify::send(conn, &Change::Member { tenant, user }).await?;
         self.members.invalidate(&(tenant, user));
         Ok(())
     }
@@ -450,7 +538,7 @@ impl Memberships {
         if let (Some(member), Some(settings)) = (member, settings) {
             return Ok((member, settings));
         }
-        let mut tx = saas_core::db::begin_scoped(&self.pool, tenant).await?;
+        let mut tx = crate::tenant_tx(&self.pool, tenant).await?;
         let row = sqlx::query(
             "SELECT EXISTS (SELECT 1 FROM saas.memberships WHERE tenant_id = $1 AND user_id = $2) AS member, \
                     s.require_mfa, s.invitations_any_email \
@@ -460,7 +548,7 @@ impl Memberships {
         .bind(user)
         .fetch_one(&mut *tx)
         .await?;
-        tx.commit().await?;
+        tx.commit().await.map_err(crate::db_err)?;
         let member: bool = row.try_get("member")?;
         let settings = AuthSettings {
             require_mfa: row.try_get::<Option<bool>, _>("require_mfa")?.unwrap_or(false),
@@ -475,24 +563,33 @@ impl Memberships {
 }
 
 impl MembershipCheck for Memberships {
-    /// Members only; API keys belong to their tenant (the tenant layer already refused a
-    /// key of another tenant). A tenant that requires MFA refuses members who signed in
-    /// without it with 403 `mfa-required`.
+    /// Members only. A member's API key is admitted while its creator is a member of the
+    /// key's tenant (removing the member ends the key everywhere within about a second,
+    /// through the change notifications); a service-account key belongs to its tenant. A
+    /// tenant that requires MFA refuses members who signed in without it with 403
+    /// `mfa-required` (API keys are exempt).
     async fn is_member(&self, tenant: TenantId, principal: &Principal) -> Result<MembershipVerdict, MembershipError> {
-        if let AuthMethod::ApiKey(_) = principal.method {
-            return Ok(if principal.tenant_id == Some(tenant) {
-                MembershipVerdict::Member
-            } else {
-                MembershipVerdict::NotMember
-            });
-        }
+        let key = match principal.method {
+            // Service-account keys belong to the tenant itself.
+            AuthMethod::ServiceAccount(_) => {
+                return Ok(if principal.tenant_id == Some(tenant) {
+                    MembershipVerdict::Member
+                } else {
+                    MembershipVerdict::NotMember
+                });
+            }
+            // A member's key acts for its creator, who must still be a member.
+            AuthMethod::ApiKey(_) if principal.tenant_id != Some(tenant) => return Ok(MembershipVerdict::NotMember),
+            AuthMethod::ApiKey(_) => true,
+            _ => false,
+        };
         let (member, settings) = self
             .lookup(tenant, principal.user_id)
             .await
             .map_err(|e| MembershipError(e.to_string()))?;
         Ok(if !member {
             MembershipVerdict::NotMember
-        } else if settings.require_mfa && !principal.mfa {
+        } else if !key && settings.require_mfa && !principal.mfa {
             MembershipVerdict::Refused(mfa_required())
         } else {
             MembershipVerdict::Member
@@ -527,9 +624,10 @@ pub(crate) async fn require_manager(tx: &mut TenantTx, actor: &Principal) -> Res
 }
 
 /// The rank the actor acts with in the transaction's tenant: a user's (or support staff
-/// member's) highest role; API keys never manage members, keys or settings.
+/// member's) highest role; API keys (members' and service accounts') never manage members,
+/// keys or settings.
 pub(crate) async fn acting_rank(tx: &mut TenantTx, actor: &Principal) -> Result<u8, MemberError> {
-    if let AuthMethod::ApiKey(_) = actor.method {
+    if let AuthMethod::ApiKey(_) | AuthMethod::ServiceAccount(_) = actor.method {
         return Ok(0);
     }
     let tenant = tx.tenant();

@@ -1,67 +1,55 @@
-//! Cache invalidation across processes: changes send `pg_notify` in their transaction
-//! (delivered on commit); every process listens and drops what changed.
+//! Cache invalidation across processes: changes send a typed change (JSON) in their
+//! transaction (delivered on commit); every process listens through saas-core's one
+//! listener and drops what changed.
 
-use sqlx::postgres::PgListener;
+use saas_core::notify::{self, Notice};
+use saas_core::{ApiKeyId, TenantId, UserId};
 use sqlx::{PgConnection, PgPool};
 
 /// The channel saas-authz notifies on.
 pub const CHANNEL: &str = "saas_authz";
 
-/// Queues `payload` on [`CHANNEL`]; PostgreSQL delivers it when the transaction commits.
-pub(crate) async fn send(conn: &mut PgConnection, payload: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(CHANNEL)
-        .bind(payload)
-        .execute(conn)
-        .await
-        .map(drop)
+/// What changed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "change", rename_all = "snake_case")]
+pub(crate) enum Change {
+    /// A member joined, left, or had their roles changed.
+    Member { tenant: TenantId, user: UserId },
+    /// A tenant's authentication settings.
+    Settings { tenant: TenantId },
+    /// An API key was revoked.
+    ApiKey { key: ApiKeyId },
+    /// A tenant's roles, grants, resource parents or service-account keys.
+    Policy { tenant: TenantId },
 }
 
-/// Listens on [`CHANNEL`] and calls `on_change` with each payload, or with `None` when
-/// the connection was lost and notifications may have been missed (drop everything).
-/// Reconnects by itself; ends when `on_change` returns `false`.
-pub(crate) fn spawn<F>(pool: PgPool, mut on_change: F) -> tokio::task::JoinHandle<()>
-where
-    F: FnMut(Option<&str>) -> bool + Send + 'static,
-{
-    tokio::spawn(async move {
-        loop {
-            let mut listener = match PgListener::connect_with(&pool).await {
-                Ok(l) => l,
-                Err(e) => {
-                    tracing::warn!(error = %e, "saas-authz change listener could not connect; retrying");
-                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                    continue;
-                }
-            };
-            if let Err(e) = listener.listen(CHANNEL).await {
-                tracing::warn!(error = %e, "saas-authz change listener could not LISTEN; retrying");
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                continue;
-            }
-            // Whatever happened before we listened is unknown.
-            if !on_change(None) {
-                return;
-            }
-            loop {
-                match listener.try_recv().await {
-                    Ok(Some(n)) => {
-                        if !on_change(Some(n.payload())) {
-                            return;
-                        }
-                    }
-                    // The connection dropped: notifications in between are lost.
-                    Ok(None) => {
-                        if !on_change(None) {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "saas-authz change listener failed; reconnecting");
-                        break;
-                    }
-                }
-            }
+impl Change {
+    /// The tenant whose RBAC policy this change touches, if any.
+    pub(crate) fn policy_tenant(&self) -> Option<TenantId> {
+        match self {
+            Change::Member { tenant, .. } | Change::Policy { tenant } => Some(*tenant),
+            Change::Settings { .. } | Change::ApiKey { .. } => None,
         }
+    }
+}
+
+/// Queues `change` on [`CHANNEL`]; PostgreSQL delivers it when the transaction commits.
+pub(crate) async fn send(conn: &mut PgConnection, change: &Change) -> Result<(), sqlx::Error> {
+    notify::send(conn, CHANNEL, change).await
+}
+
+/// Listens on [`CHANNEL`] until `until` completes, calling `on` with each change or
+/// [`Notice::Gap`] (drop everything).
+pub(crate) fn spawn<F>(
+    pool: PgPool,
+    until: impl std::future::Future<Output = ()> + Send + 'static,
+    mut on: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: FnMut(Notice<Change>) + Send + 'static,
+{
+    notify::spawn(pool, CHANNEL, until, move |n| {
+        on(n);
+        std::future::ready(())
     })
 }

@@ -45,6 +45,11 @@ struct Seen {
 /// Maps identity-provider subjects to [`UserId`]s, creating the user on first sight and
 /// keeping the email address in sync. Remembers whom it has seen (10 minutes) so that a
 /// known user with unchanged details costs no database round trip.
+///
+/// `saas.users` is under row-level security: the application role reads a user only as
+/// that user (the transaction's `app.user_id`, or while provisioning the token's issuer
+/// and subject) or as a member of the transaction's tenant, and writes only the caller's
+/// own row.
 #[derive(Clone)]
 pub struct Users {
     pool: PgPool,
@@ -88,6 +93,14 @@ impl Users {
             return Ok(seen.id);
         }
         let now = self.clock.now();
+        // Row-level security shows a user only themselves: while provisioning, "themselves"
+        // is the verified token's (issuer, subject), set for this transaction alone.
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT set_config('app.idp_issuer', $1, true), set_config('app.idp_subject', $2, true)")
+            .bind(&identity.issuer)
+            .bind(&identity.subject)
+            .execute(&mut *tx)
+            .await?;
         // A token without an email (or name) keeps what we knew.
         let row = sqlx::query(
             "INSERT INTO saas.users AS u (id, issuer, subject, email, email_verified, name, created_at, updated_at) \
@@ -106,8 +119,9 @@ impl Users {
         .bind(identity.email_verified)
         .bind(identity.name.as_deref())
         .bind(now)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await?;
+        tx.commit().await?;
         let seen = Arc::new(Seen {
             id: row.try_get("id")?,
             email: row.try_get("email")?,
@@ -119,7 +133,9 @@ impl Users {
         Ok(id)
     }
 
-    /// Loads a user.
+    /// Loads a user, as row-level security lets the transaction see them: the
+    /// transaction's own user (`TenantTx::begin_as` / `act_as`) and the members of its
+    /// tenant; anyone else is `None`.
     pub async fn get(conn: &mut PgConnection, id: UserId) -> Result<Option<User>, sqlx::Error> {
         let row = sqlx::query(
             "SELECT id, issuer, subject, email, email_verified, name, created_at, updated_at \

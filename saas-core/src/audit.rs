@@ -57,7 +57,7 @@ impl From<&crate::Principal> for Actor {
     /// support staff member, or the user.
     fn from(p: &crate::Principal) -> Self {
         match p.method {
-            crate::AuthMethod::ApiKey(key) => Actor::ApiKey(key),
+            crate::AuthMethod::ApiKey(key) | crate::AuthMethod::ServiceAccount(key) => Actor::ApiKey(key),
             crate::AuthMethod::SupportSession(_) => Actor::Support(p.user_id),
             _ => Actor::User(p.user_id),
         }

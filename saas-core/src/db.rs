@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::{PgPool, Postgres, Transaction};
 
-use crate::id::TenantId;
+use crate::id::{TenantId, UserId};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgPoolOptions;
 
@@ -52,16 +52,28 @@ pub fn spawn_pool_metrics(pool: PgPool, name: &'static str, every: Duration) -> 
     })
 }
 
-/// The one simple-protocol message that begins a transaction scoped to `tenant`:
-/// `{begin}; SELECT set_config('app.tenant_id', '<uuid>', true)`. Safe to build by
-/// formatting, because a `TenantId` always displays as a hyphenated UUID.
-pub fn scoped_begin_statement(begin: &str, tenant: TenantId) -> String {
-    format!("{begin}; SELECT set_config('app.tenant_id', '{tenant}', true)")
+/// The one simple-protocol message that begins a transaction scoped to `tenant` (and, when
+/// known, the authenticated `user`): `{begin}; SELECT set_config('app.tenant_id', '<uuid>',
+/// true), set_config('app.user_id', '<uuid or empty>', true)`. Both settings are
+/// transaction-local, so nothing survives into the pool. Safe to build by formatting,
+/// because the ids always display as hyphenated UUIDs.
+pub fn scoped_begin_statement(begin: &str, tenant: TenantId, user: Option<UserId>) -> String {
+    let user = user.map(|u| u.to_string()).unwrap_or_default();
+    format!("{begin}; SELECT set_config('app.tenant_id', '{tenant}', true), set_config('app.user_id', '{user}', true)")
 }
 
-/// Begins a transaction on `pool` in which row-level security shows only `tenant`'s rows,
-/// in one round trip. saas-tenancy's `TenantTx` wraps this for applications.
-pub async fn begin_scoped(pool: &PgPool, tenant: TenantId) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
-    pool.begin_with(sqlx::AssertSqlSafe(scoped_begin_statement("BEGIN", tenant)))
+/// Begins a transaction on `pool` in which row-level security shows only `tenant`'s rows
+/// (and, with `user`, that user's own identity), in one round trip. `begin` is `BEGIN` or
+/// `BEGIN` with a mode (`BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY`).
+///
+/// This is the one way a tenant-scoped transaction is opened in saas-kit: saas-tenancy's
+/// `TenantTx`, which applications use, wraps it.
+pub async fn begin_scoped(
+    pool: &PgPool,
+    begin: &'static str,
+    tenant: TenantId,
+    user: Option<UserId>,
+) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+    pool.begin_with(sqlx::AssertSqlSafe(scoped_begin_statement(begin, tenant, user)))
         .await
 }

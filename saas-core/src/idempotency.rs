@@ -10,11 +10,24 @@
 //! | same key, different request | 422 `idempotency-key-reused` |
 //! | after the key expired (24 h by default) | runs again |
 //!
+//! Keys are scoped to the tenant **and the principal** (the `Principal` in the request
+//! extensions): a key learned by someone else replays nothing to them, it is simply a new
+//! key of theirs. A stored response is only ever replayed to the principal that caused it.
+//!
+//! Responses that carry secrets (API keys, webhook secrets) are marked `Cache-Control:
+//! no-store` by their handlers. With a keyring ([`IdempotencyLayer::keyring`]) every
+//! stored body is sealed (AAD: tenant, principal and key); without one, a `no-store`
+//! response is not kept at all and its replay answers 409 `idempotent-response-withheld`
+//! (the request succeeded; read the resource). Stored responses never go into a tenant's
+//! export.
+//!
 //! 5xx responses and service errors are not stored, so the client can retry them. A
 //! request whose first attempt died mid-flight is taken over once its lease (60 s)
-//! lapses. Requests without a tenant in the extensions (`TenantId`, put there by the
-//! tenant layer) or without the header pass through untouched. Expired keys are removed
-//! by [`prune_expired`], run by a platform job.
+//! lapses; only the attempt holding the lease records its answer, so a stale first
+//! attempt that finishes late cannot overwrite the one that took over. Requests without a
+//! tenant (`TenantId`, put there by the tenant layer) or a principal in the extensions, or
+//! without the header, pass through untouched. Expired keys are removed by
+//! [`prune_expired`], run by a platform job.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -30,7 +43,9 @@ use sqlx::{PgPool, Row};
 use tower::{Layer, Service};
 
 use crate::clock::{Clock, SystemClock};
+use crate::crypto::{Aad, Keyring};
 use crate::id::TenantId;
+use crate::principal::{AuthMethod, Principal};
 use crate::problem::Problem;
 
 /// The request header carrying the key.
@@ -49,6 +64,7 @@ pub struct IdempotencyLayer {
     ttl: Duration,
     lease: Duration,
     max_body: usize,
+    keyring: Option<Arc<Keyring>>,
 }
 
 impl std::fmt::Debug for IdempotencyLayer {
@@ -56,6 +72,7 @@ impl std::fmt::Debug for IdempotencyLayer {
         f.debug_struct("IdempotencyLayer")
             .field("ttl", &self.ttl)
             .field("max_body", &self.max_body)
+            .field("sealed", &self.keyring.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -69,7 +86,14 @@ impl IdempotencyLayer {
             ttl: Duration::from_secs(24 * 3600),
             lease: Duration::from_secs(60),
             max_body: 1024 * 1024,
+            keyring: None,
         }
+    }
+    /// Seals every stored body with `keyring` (AAD: tenant, principal and key), so that
+    /// responses carrying secrets can be replayed without being kept in clear.
+    pub fn keyring(mut self, keyring: impl Into<Arc<Keyring>>) -> Self {
+        self.keyring = Some(keyring.into());
+        self
     }
     /// How long a key is remembered.
     pub fn ttl(mut self, ttl: Duration) -> Self {
@@ -120,38 +144,70 @@ fn chrono_of(d: Duration) -> chrono::Duration {
 }
 
 enum Claim {
-    /// This request runs the operation.
-    Run,
+    /// This request runs the operation, holding the lease `lease_id`.
+    Run(uuid::Uuid),
     /// Replay a stored response.
     Replay(u16, serde_json::Value, Option<Vec<u8>>),
     /// Refuse with a problem.
     Refuse(Problem),
 }
 
+/// Who a key belongs to within its tenant.
+fn scope_of(p: &Principal) -> String {
+    match p.method {
+        AuthMethod::ApiKey(k) | AuthMethod::ServiceAccount(k) => format!("api_key:{k}"),
+        AuthMethod::SupportSession(s) => format!("support:{s}:{}", p.user_id),
+        _ => format!("user:{}", p.user_id),
+    }
+}
+
+/// One stored key: the tenant, the principal's scope and the client's key.
+struct Slot<'a> {
+    tenant: TenantId,
+    principal: &'a str,
+    key: &'a str,
+}
+
+impl Slot<'_> {
+    fn aad(&self) -> Aad {
+        Aad::new(self.tenant, "idempotency_keys.sealed_body").row(format_args!("{}/{}", self.principal, self.key))
+    }
+}
+
+fn no_store(headers: &http::HeaderMap) -> bool {
+    headers.get_all(http::header::CACHE_CONTROL).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.split(',').any(|d| d.trim().eq_ignore_ascii_case("no-store")))
+    })
+}
+
 impl IdempotencyLayer {
     async fn begin(&self, tenant: TenantId) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
-        crate::db::begin_scoped(&self.pool, tenant).await
+        crate::db::begin_scoped(&self.pool, "BEGIN", tenant, None).await
     }
 
-    async fn claim(&self, tenant: TenantId, key: &str, fingerprint: &[u8]) -> Result<Claim, sqlx::Error> {
+    async fn claim(&self, slot: &Slot<'_>, fingerprint: &[u8]) -> Result<Claim, sqlx::Error> {
         let now = self.clock.now();
         let lease_until = now + chrono_of(self.lease);
         let expires_at = now + chrono_of(self.ttl);
-        let mut tx = self.begin(tenant).await?;
+        let lease_id = uuid::Uuid::now_v7();
+        let mut tx = self.begin(slot.tenant).await?;
         // Insert the key, or take it over when it expired or its first attempt was
         // abandoned (lease lapsed); a live key is left alone and read below.
         let claimed = sqlx::query(
-            "INSERT INTO saas.idempotency_keys AS k (tenant_id, key, fingerprint, state, lease_until, created_at, expires_at) \
-             VALUES ($1, $2, $3, 'in_flight', $4, $5, $6) \
-             ON CONFLICT (tenant_id, key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, state = 'in_flight', \
-               lease_until = EXCLUDED.lease_until, status = NULL, headers = NULL, body = NULL, \
-               created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at \
-             WHERE k.expires_at <= $5 OR (k.state = 'in_flight' AND k.lease_until <= $5)",
+            "INSERT INTO saas.idempotency_keys AS k (tenant_id, principal, key, fingerprint, state, lease_until, lease_id, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, 'in_flight', $5, $6, $7, $8) \
+             ON CONFLICT (tenant_id, principal, key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, state = 'in_flight', \
+               lease_until = EXCLUDED.lease_until, lease_id = EXCLUDED.lease_id, status = NULL, headers = NULL, body = NULL, \
+               sealed_body = NULL, withheld = false, created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at \
+             WHERE k.expires_at <= $7 OR (k.state = 'in_flight' AND k.lease_until <= $7)",
         )
-        .bind(tenant)
-        .bind(key)
+        .bind(slot.tenant)
+        .bind(slot.principal)
+        .bind(slot.key)
         .bind(fingerprint)
         .bind(lease_until)
+        .bind(lease_id)
         .bind(now)
         .bind(expires_at)
         .execute(&mut *tx)
@@ -159,14 +215,15 @@ impl IdempotencyLayer {
         .rows_affected();
         if claimed == 1 {
             tx.commit().await?;
-            return Ok(Claim::Run);
+            return Ok(Claim::Run(lease_id));
         }
         let row = sqlx::query(
-            "SELECT fingerprint, state, status, headers, body \
-             FROM saas.idempotency_keys WHERE tenant_id = $1 AND key = $2",
+            "SELECT fingerprint, state, status, headers, body, sealed_body, withheld \
+             FROM saas.idempotency_keys WHERE tenant_id = $1 AND principal = $2 AND key = $3",
         )
-        .bind(tenant)
-        .bind(key)
+        .bind(slot.tenant)
+        .bind(slot.principal)
+        .bind(slot.key)
         .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -184,26 +241,51 @@ impl IdempotencyLayer {
             ));
         }
         let status: i16 = row.try_get::<Option<i16>, _>("status")?.unwrap_or(500);
+        if row.try_get::<bool, _>("withheld")? {
+            return Ok(Claim::Refuse(
+                Problem::conflict(format!(
+                    "This request already succeeded (status {status}); its response held a secret and was not kept. \
+                     Read the resource instead of retrying."
+                ))
+                .with_type("idempotent-response-withheld")
+                .with_header(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true")),
+            ));
+        }
         let headers: serde_json::Value = row
             .try_get::<Option<serde_json::Value>, _>("headers")?
             .unwrap_or_default();
-        let body: Option<Vec<u8>> = row.try_get("body")?;
+        let body: Option<Vec<u8>> = match row.try_get::<Option<String>, _>("sealed_body")? {
+            Some(sealed) => {
+                let Some(keyring) = &self.keyring else {
+                    return Ok(Claim::Refuse(
+                        Problem::internal().with_internal("a sealed idempotent response but no keyring"),
+                    ));
+                };
+                match keyring.decrypt(&sealed, &slot.aad()) {
+                    Ok(plain) => Some(plain.expose().clone()),
+                    Err(e) => return Ok(Claim::Refuse(Problem::internal().with_internal(e))),
+                }
+            }
+            None => row.try_get("body")?,
+        };
         Ok(Claim::Replay(u16::try_from(status).unwrap_or(500), headers, body))
     }
 
     async fn finish(
         &self,
-        tenant: TenantId,
-        key: &str,
+        slot: &Slot<'_>,
+        lease_id: uuid::Uuid,
         status: StatusCode,
         headers: &http::HeaderMap,
         body: Option<&[u8]>,
     ) -> Result<(), sqlx::Error> {
-        let mut tx = self.begin(tenant).await?;
+        let mut tx = self.begin(slot.tenant).await?;
         if status.is_server_error() {
-            sqlx::query("DELETE FROM saas.idempotency_keys WHERE tenant_id = $1 AND key = $2")
-                .bind(tenant)
-                .bind(key)
+            sqlx::query("DELETE FROM saas.idempotency_keys WHERE tenant_id = $1 AND principal = $2 AND key = $3 AND lease_id = $4")
+                .bind(slot.tenant)
+                .bind(slot.principal)
+                .bind(slot.key)
+                .bind(lease_id)
                 .execute(&mut *tx)
                 .await?;
         } else {
@@ -216,28 +298,54 @@ impl IdempotencyLayer {
                         .map(|v| ((*h).to_owned(), serde_json::Value::from(v)))
                 })
                 .collect();
-            sqlx::query(
-                "UPDATE saas.idempotency_keys SET state = 'done', status = $3, headers = $4, body = $5 \
-                 WHERE tenant_id = $1 AND key = $2",
+            let (clear, sealed, withheld) = match (&self.keyring, body) {
+                (Some(keyring), Some(body)) => {
+                    let sealed = keyring
+                        .encrypt(body, &slot.aad())
+                        .map_err(|e| sqlx::Error::Protocol(format!("sealing the stored response failed: {e}")))?;
+                    (None, Some(sealed), false)
+                }
+                (None, Some(_)) if no_store(headers) => (None, None, true),
+                (_, body) => (body, None, false),
+            };
+            // Only the attempt holding the lease records its answer.
+            let updated = sqlx::query(
+                "UPDATE saas.idempotency_keys SET state = 'done', status = $5, headers = $6, body = $7, \
+                 sealed_body = $8, withheld = $9 \
+                 WHERE tenant_id = $1 AND principal = $2 AND key = $3 AND lease_id = $4 AND state = 'in_flight'",
             )
-            .bind(tenant)
-            .bind(key)
+            .bind(slot.tenant)
+            .bind(slot.principal)
+            .bind(slot.key)
+            .bind(lease_id)
             .bind(status.as_u16() as i16)
             .bind(serde_json::Value::Object(stored))
-            .bind(body)
+            .bind(clear)
+            .bind(sealed)
+            .bind(withheld)
             .execute(&mut *tx)
             .await?;
+            if updated.rows_affected() == 0 {
+                tracing::warn!(
+                    key = slot.key,
+                    "an idempotent request finished after another attempt took over its key; its response is not stored"
+                );
+            }
         }
         tx.commit().await
     }
 
-    async fn release(&self, tenant: TenantId, key: &str) {
-        if let Ok(mut tx) = self.begin(tenant).await {
-            let _ = sqlx::query("DELETE FROM saas.idempotency_keys WHERE tenant_id = $1 AND key = $2")
-                .bind(tenant)
-                .bind(key)
-                .execute(&mut *tx)
-                .await;
+    async fn release(&self, slot: &Slot<'_>, lease_id: uuid::Uuid) {
+        if let Ok(mut tx) = self.begin(slot.tenant).await {
+            let _ = sqlx::query(
+                "DELETE FROM saas.idempotency_keys WHERE tenant_id = $1 AND principal = $2 AND key = $3 AND lease_id = $4",
+            )
+            .bind(slot.tenant)
+            .bind(slot.principal)
+            .bind(slot.key)
+            .bind(lease_id)
+            .execute(&mut *tx)
+            .await;
             let _ = tx.commit().await;
         }
     }
@@ -304,8 +412,9 @@ where
         Box::pin(async move {
             let applies = matches!(*req.method(), Method::POST | Method::PATCH | Method::DELETE);
             let tenant = req.extensions().get::<TenantId>().copied();
+            let principal = req.extensions().get::<Principal>().map(scope_of);
             let header = req.headers().get(IDEMPOTENCY_KEY);
-            let (Some(tenant), Some(header), true) = (tenant, header, applies) else {
+            let (Some(tenant), Some(principal), Some(header), true) = (tenant, principal, header, applies) else {
                 return inner.call(req).await;
             };
             let Some(key) = valid_key(header) else {
@@ -325,16 +434,21 @@ where
                 }
             };
             let print = fingerprint(&parts.method, &parts.uri, &bytes);
-            match config.claim(tenant, &key, &print).await {
+            let slot = Slot {
+                tenant,
+                principal: &principal,
+                key: &key,
+            };
+            let lease_id = match config.claim(&slot, &print).await {
                 Err(e) => return Ok(unavailable(e)),
                 Ok(Claim::Refuse(p)) => return Ok(p.into_http()),
                 Ok(Claim::Replay(status, headers, body)) => return Ok(replay(status, &headers, body)),
-                Ok(Claim::Run) => {}
-            }
+                Ok(Claim::Run(lease_id)) => lease_id,
+            };
             let res = match inner.call(Request::from_parts(parts, ReqB::from(bytes))).await {
                 Ok(res) => res,
                 Err(e) => {
-                    config.release(tenant, &key).await;
+                    config.release(&slot, lease_id).await;
                     return Err(e);
                 }
             };
@@ -342,7 +456,7 @@ where
             let collected = match res_body.collect().await {
                 Ok(c) => c.to_bytes(),
                 Err(e) => {
-                    config.release(tenant, &key).await;
+                    config.release(&slot, lease_id).await;
                     return Ok(Problem::internal()
                         .with_internal(format!("response body failed: {e}"))
                         .into_http());
@@ -350,7 +464,7 @@ where
             };
             let stored_body = (collected.len() <= config.max_body).then_some(collected.as_ref());
             if let Err(e) = config
-                .finish(tenant, &key, res_parts.status, &res_parts.headers, stored_body)
+                .finish(&slot, lease_id, res_parts.status, &res_parts.headers, stored_body)
                 .await
             {
                 // The operation ran; the client still gets its answer. A retry after the

@@ -17,7 +17,8 @@
 //! | [`page`] | tamper-evident cursor pagination and a typed page |
 //! | [`health`] | liveness and readiness (database, migrations, start-up verdicts, worker heartbeats) |
 //! | `validate` (feature `axum`) | `Valid<T>`: JSON that deserialised and validated, or a 400/422 problem |
-//! | [`idempotency`] | `Idempotency-Key` replays stored per tenant in PostgreSQL |
+//! | [`idempotency`] | `Idempotency-Key` replays stored per tenant and principal in PostgreSQL |
+//! | [`notify`] | typed change notifications between processes (LISTEN/NOTIFY) with one listener |
 //! | `openapi` (feature) | utoipa components: the problem schema, rate-limit headers, shared error responses, pages |
 //! | [`service`] | helpers shared by the middleware |
 //! | [`db`] | pool defaults and pool metrics |
@@ -75,6 +76,7 @@ pub mod defaults;
 pub mod health;
 pub mod id;
 pub mod idempotency;
+pub mod notify;
 #[cfg(feature = "openapi")]
 pub mod openapi;
 pub mod page;

@@ -18,8 +18,12 @@ crate::define_id!(
 pub enum AuthMethod {
     /// A token from the identity provider.
     IdToken,
-    /// An API key of a tenant.
+    /// A member's API key of a tenant: acts for the member who created it, limited to its
+    /// scopes, and dies with that membership.
     ApiKey(ApiKeyId),
+    /// A service-account API key: belongs to the tenant itself, holds its own role, and
+    /// survives member removal. Its principal's `user_id` is the key's id (it is nobody).
+    ServiceAccount(ApiKeyId),
     /// Platform staff inside a support session.
     SupportSession(SupportSessionId),
 }
@@ -66,6 +70,18 @@ impl Principal {
         }
     }
 
+    /// A tenant's service-account key, holding its own role, limited to `scopes`. The
+    /// principal's `user_id` is the key's id: the evaluator knows the key as a member of
+    /// its tenant with the key's role.
+    pub fn service_account(key: ApiKeyId, tenant: TenantId, scopes: Arc<[String]>) -> Self {
+        Self {
+            method: AuthMethod::ServiceAccount(key),
+            scopes: Some(scopes),
+            tenant_id: Some(tenant),
+            ..Self::user(UserId::from_uuid(key.into_uuid()))
+        }
+    }
+
     /// Platform staff acting through a support session.
     pub fn support(staff: UserId, session: SupportSessionId) -> Self {
         Self {
@@ -86,10 +102,11 @@ impl Principal {
         self
     }
 
-    /// The API key, when the caller authenticated with one.
+    /// The API key (a member's or a service account's), when the caller authenticated
+    /// with one.
     pub fn api_key_id(&self) -> Option<ApiKeyId> {
         match self.method {
-            AuthMethod::ApiKey(id) => Some(id),
+            AuthMethod::ApiKey(id) | AuthMethod::ServiceAccount(id) => Some(id),
             _ => None,
         }
     }

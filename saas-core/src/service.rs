@@ -14,6 +14,39 @@ pub fn take_ready<S: Clone>(service: &mut S) -> S {
     std::mem::replace(service, clone)
 }
 
+/// A list of path prefixes that match whole segments only: `/health` matches `/health`
+/// and `/health/db`, never `/healthz-admin`; `/billing/` matches `/billing/…` but not
+/// `/billing` itself. Used for the routes a layer lets through (anonymous routes, routes a
+/// suspended tenant may still use).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PathPrefixes(std::sync::Arc<[String]>);
+
+impl PathPrefixes {
+    /// The prefixes. An empty prefix or `/` matches every path.
+    pub fn new<I: IntoIterator<Item = S>, S: Into<String>>(prefixes: I) -> Self {
+        Self(prefixes.into_iter().map(Into::into).collect())
+    }
+
+    /// Whether `path` equals a prefix or continues it with a new segment.
+    pub fn matches(&self, path: &str) -> bool {
+        self.0.iter().any(|p| path_within(path, p))
+    }
+
+    /// Whether the list is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Whether `path` is `prefix` or lies below it, segment-wise (`/a` covers `/a` and
+/// `/a/b`, not `/ab`).
+pub fn path_within(path: &str, prefix: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        None => false,
+        Some(rest) => rest.is_empty() || prefix.ends_with('/') || rest.starts_with('/'),
+    }
+}
+
 /// A middleware that decides, asynchronously and from the request head alone, whether a
 /// request goes on: it may add to the extensions, or answer with a problem instead.
 /// Authentication, the tenant layer and permission checks are gates; [`GateLayer`] turns
@@ -79,5 +112,31 @@ where
                 Err(problem) => Ok(problem.into_http()),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod path_tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_match_whole_segments() {
+        let list = PathPrefixes::new(["/health", "/billing/", "/public/docs"]);
+        for yes in ["/health", "/health/db", "/billing/x", "/public/docs", "/public/docs/a"] {
+            assert!(list.matches(yes), "{yes}");
+        }
+        for no in [
+            "/healthz-admin",
+            "/healthz",
+            "/billing",
+            "/billing-export",
+            "/public/docsx",
+            "/",
+            "",
+        ] {
+            assert!(!list.matches(no), "{no}");
+        }
+        assert!(PathPrefixes::new(["/"]).matches("/anything"));
+        assert!(!PathPrefixes::default().matches("/x"));
     }
 }

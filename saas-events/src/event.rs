@@ -11,6 +11,12 @@ use crate::job::JobId;
 /// The notification channel publishes announce their queue on.
 pub const CHANNEL: &str = "saas_events";
 
+/// The payload of a [`CHANNEL`] notification (JSON): work arrived in `queue`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Wake {
+    pub(crate) queue: String,
+}
+
 /// Default attempts before a job is dead-lettered.
 pub const DEFAULT_MAX_ATTEMPTS: i32 = 10;
 
@@ -112,7 +118,7 @@ pub async fn publish_with<E: Event>(
            VALUES ($1, $2, $3, saas.current_tenant_id(), $4, $5, coalesce($6, now()), now(), $7, $8, $9) \
            ON CONFLICT (tenant_id, queue, unique_key) WHERE unique_key IS NOT NULL AND state IN ('pending', 'running') DO NOTHING \
            RETURNING id) \
-         SELECT id FROM ins, pg_notify($10, $2)",
+         SELECT id FROM ins, pg_notify($10, json_build_object('queue', $2::text)::text)",
     )
     .bind(id)
     .bind(queue)
@@ -151,7 +157,7 @@ pub async fn publish_batch<E: Event>(
            INSERT INTO saas.jobs (id, queue, kind, tenant_id, payload, priority, run_at, created_at, max_attempts, order_key) \
            SELECT i, $2, $3, saas.current_tenant_id(), p, $5, coalesce($6, now()), now(), $7, $8 \
            FROM unnest($1::uuid[], $4::jsonb[]) AS u(i, p) RETURNING 1) \
-         SELECT count(*), pg_notify($9, $2) FROM ins",
+         SELECT count(*), pg_notify($9, json_build_object('queue', $2::text)::text) FROM ins",
     )
     .bind(&ids)
     .bind(queue)

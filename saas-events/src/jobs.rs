@@ -67,23 +67,23 @@ impl Jobs {
         .await?)
     }
 
-    /// Puts a dead job back in its queue with its attempts reset.
-    pub async fn replay(&self, id: JobId) -> Result<(), JobsError> {
-        let r = sqlx::query(
+    /// Puts a dead job back in its queue with its attempts reset. Job ids are unique per
+    /// tenant, so the job is named by both (`tenant` `None`: a platform job), as
+    /// [`DeadJob`] gives them.
+    pub async fn replay(&self, tenant: Option<TenantId>, id: JobId) -> Result<(), JobsError> {
+        let queue: Option<String> = sqlx::query_scalar(
             "UPDATE saas.jobs SET state = 'pending', attempts = 0, run_at = now(), finished_at = NULL \
-             WHERE id = $1 AND state = 'dead'",
+             WHERE id = $1 AND tenant_id IS NOT DISTINCT FROM $2 AND state = 'dead' RETURNING queue",
         )
         .bind(id)
-        .execute(self.pool.as_pool())
+        .bind(tenant)
+        .fetch_optional(self.pool.as_pool())
         .await?;
-        if r.rows_affected() == 0 {
+        let Some(queue) = queue else {
             return Err(JobsError::NotFound);
-        }
-        sqlx::query("SELECT pg_notify($1, queue) FROM saas.jobs WHERE id = $2")
-            .bind(crate::event::CHANNEL)
-            .bind(id)
-            .execute(self.pool.as_pool())
-            .await?;
+        };
+        let mut conn = self.pool.as_pool().acquire().await?;
+        saas_core::notify::send(&mut conn, crate::event::CHANNEL, &crate::event::Wake { queue }).await?;
         Ok(())
     }
 
@@ -122,13 +122,14 @@ impl Jobs {
     }
 
     /// A job's state (`pending`, `running`, `dead`, or `done` while its record is kept)
-    /// and attempts.
-    pub async fn state(&self, id: JobId) -> Result<(String, i32), JobsError> {
+    /// and attempts; the job is named by its tenant (`None`: a platform job) and id.
+    pub async fn state(&self, tenant: Option<TenantId>, id: JobId) -> Result<(String, i32), JobsError> {
         let r: Option<(String, i32)> = sqlx::query_as(
-            "SELECT state, attempts FROM saas.jobs WHERE id = $1 \
-             UNION ALL SELECT 'done', attempts FROM saas.jobs_done WHERE id = $1 LIMIT 1",
+            "SELECT state, attempts FROM saas.jobs WHERE id = $1 AND tenant_id IS NOT DISTINCT FROM $2 \
+             UNION ALL SELECT 'done', attempts FROM saas.jobs_done WHERE id = $1 AND tenant_id IS NOT DISTINCT FROM $2 LIMIT 1",
         )
         .bind(id)
+        .bind(tenant)
         .fetch_optional(self.pool.as_pool())
         .await?;
         r.ok_or(JobsError::NotFound)

@@ -11,20 +11,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use saas_core::TenantId;
 use saas_core::health::Heartbeats;
 use saas_tenancy::{PlatformPool, SystemTx};
 use serde_json::Value;
-use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, PgPool, Row};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::error::{JobsError, PublishError};
-use crate::event::{CHANNEL, Event, Publish, publish_with};
+use crate::event::{CHANNEL, Event, Publish, Wake, publish_with};
 use crate::job::{Handler, JobContext, JobError, JobId};
+use saas_core::notify::Notice;
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 type ErasedHandler = Arc<dyn Fn(JobContext, Value) -> BoxFuture<'static, Result<(), JobError>> + Send + Sync>;
@@ -62,6 +62,15 @@ impl Backoff {
         let factor = 1.0 - spread + 2.0 * spread * random_unit();
         raw.mul_f64(factor)
     }
+}
+
+/// The text of a panic payload (`panic!("…")` gives a `&str` or a `String`).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-text panic payload".to_owned())
 }
 
 fn random_unit() -> f64 {
@@ -138,6 +147,7 @@ struct Config {
     backoff: Backoff,
     max_tenants: usize,
     keep_done: bool,
+    job_timeout: Duration,
 }
 
 /// Entry point: [`Worker::builder`].
@@ -162,6 +172,7 @@ impl Worker {
                 backoff: Backoff::default(),
                 max_tenants: 64,
                 keep_done: true,
+                job_timeout: Duration::from_secs(300),
             },
             heartbeats: None,
             schedules: Vec::new(),
@@ -224,6 +235,13 @@ impl WorkerBuilder {
     /// 5 min; running jobs are extended while their worker lives).
     pub fn visibility_timeout(mut self, d: Duration) -> Self {
         self.cfg.visibility = d.max(Duration::from_secs(1));
+        self
+    }
+
+    /// How long one attempt may run (default 5 min): a handler still running then is
+    /// cancelled and its attempt fails (retried with backoff, then dead-lettered).
+    pub fn job_timeout(mut self, d: Duration) -> Self {
+        self.cfg.job_timeout = d.max(Duration::from_millis(1));
         self
     }
 
@@ -345,7 +363,7 @@ impl WorkerBuilder {
             instruments,
         });
         let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(listen(pool, wake_tx, stop_rx.clone())));
+        tasks.push(listen(pool, wake_tx, stop_rx.clone()));
         tasks.push(tokio::spawn(housekeeping(
             Arc::clone(&shared),
             self.schedules,
@@ -354,13 +372,18 @@ impl WorkerBuilder {
         )));
         for i in 0..self.loops {
             let name = format!("saas-events-{}-{i}", &me.simple().to_string()[..8]);
-            tasks.push(tokio::spawn(run_loop(
-                Arc::clone(&shared),
-                self.queues.iter().map(|q| Arc::from(q.as_str())).collect(),
-                name,
-                stop_rx.clone(),
-                wake_rx.clone(),
-            )));
+            let queues: Vec<Arc<str>> = self.queues.iter().map(|q| Arc::from(q.as_str())).collect();
+            let (shared, stop, wake) = (Arc::clone(&shared), stop_rx.clone(), wake_rx.clone());
+            let loop_name = name.clone();
+            tasks.push(tokio::spawn(supervise(name, stop_rx.clone(), move || {
+                run_loop(
+                    Arc::clone(&shared),
+                    queues.clone(),
+                    loop_name.clone(),
+                    stop.clone(),
+                    wake.clone(),
+                )
+            })));
         }
         Ok(WorkerHandle {
             shared,
@@ -419,6 +442,8 @@ struct Shared {
 
 struct Claimed {
     id: Uuid,
+    /// The tenant, or the nil uuid for platform jobs: with `id`, what names a job.
+    tenant_key: Uuid,
     kind: String,
     tenant: Option<Uuid>,
     payload: Value,
@@ -428,18 +453,42 @@ struct Claimed {
     run_at: DateTime<Utc>,
 }
 
+/// Finished jobs waiting to be recorded by the next claim: (id, tenant key) pairs.
+#[derive(Debug, Default)]
+struct Finished {
+    ids: Vec<Uuid>,
+    tenant_keys: Vec<Uuid>,
+}
+
+impl Finished {
+    fn push(&mut self, (id, tenant_key): (Uuid, Uuid)) {
+        self.ids.push(id);
+        self.tenant_keys.push(tenant_key);
+    }
+    fn len(&self) -> usize {
+        self.ids.len()
+    }
+    fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+    fn clear(&mut self) {
+        self.ids.clear();
+        self.tenant_keys.clear();
+    }
+}
+
 enum Outcome {
-    Done(Uuid),
+    Done((Uuid, Uuid)),
     Failed {
-        id: Uuid,
+        id: (Uuid, Uuid),
         attempts: i32,
         max_attempts: i32,
         error: JobError,
     },
 }
 
-/// The claim: the previous batch's finished jobs are recorded (`$9`) in the same
-/// statement, then up to `$8` jobs are taken from up to `$3` tenants with pending work
+/// The claim: the previous batch's finished jobs (ids `$9` of tenant keys `$10`: ids are
+/// unique per tenant) are recorded in the same statement, then up to `$8` jobs are taken from up to `$3` tenants with pending work
 /// (a loose index scan lists them, starting at the random `$2`), at most `$4` each, in
 /// priority / run-at / publishing order, skipping rows other workers hold and jobs whose
 /// order key has an earlier unfinished job.
@@ -459,7 +508,7 @@ WITH RECURSIVE tenants(k) AS ( \
         SELECT j.ctid AS tid FROM saas.jobs j \
         WHERE j.queue = $1 AND j.state = 'pending' AND j.tenant_key = t.k AND j.run_at <= now() AND j.kind = ANY($7) \
           AND (j.order_key IS NULL OR NOT EXISTS ( \
-                SELECT 1 FROM saas.jobs e WHERE e.queue = $1 AND e.order_key = j.order_key \
+                SELECT 1 FROM saas.jobs e WHERE e.queue = $1 AND e.tenant_key = j.tenant_key AND e.order_key = j.order_key \
                   AND e.state IN ('pending', 'running') AND e.id < j.id)) \
         ORDER BY j.priority DESC, j.run_at, j.id \
         LIMIT $4 FOR UPDATE SKIP LOCKED) c \
@@ -468,29 +517,33 @@ WITH RECURSIVE tenants(k) AS ( \
 UPDATE saas.jobs j SET state = 'running', attempts = j.attempts + 1, \
     locked_until = now() + make_interval(secs => $5), locked_by = $6 \
 FROM picked WHERE j.ctid = picked.tid \
-RETURNING j.id, j.kind, j.tenant_id, j.payload, j.attempts, j.max_attempts, j.created_at, j.run_at")
+RETURNING j.id, j.kind, j.tenant_id, j.payload, j.attempts, j.max_attempts, j.created_at, j.run_at, j.tenant_key")
     };
 }
 
 const CLAIM_KEEP: &str = claim_sql!(
-    "moved AS (DELETE FROM saas.jobs WHERE id = ANY($9) AND locked_by = $6 AND state = 'running' \
-       RETURNING id, queue, kind, tenant_id, attempts, unique_key, created_at), \
+    "moved AS (DELETE FROM saas.jobs d USING unnest($9::uuid[], $10::uuid[]) AS f(id, tk) \
+       WHERE d.id = f.id AND d.tenant_key = f.tk AND d.locked_by = $6 AND d.state = 'running' \
+       RETURNING d.id, d.queue, d.kind, d.tenant_id, d.attempts, d.unique_key, d.created_at), \
      finished AS (INSERT INTO saas.jobs_done (id, queue, kind, tenant_id, attempts, unique_key, created_at, finished_at) \
        SELECT id, queue, kind, tenant_id, attempts, unique_key, created_at, now() FROM moved RETURNING 1)"
 );
 const CLAIM_DELETE: &str = claim_sql!(
-    "finished AS (DELETE FROM saas.jobs WHERE id = ANY($9) AND locked_by = $6 AND state = 'running' RETURNING 1)"
+    "finished AS (DELETE FROM saas.jobs d USING unnest($9::uuid[], $10::uuid[]) AS f(id, tk) \
+       WHERE d.id = f.id AND d.tenant_key = f.tk AND d.locked_by = $6 AND d.state = 'running' RETURNING 1)"
 );
 
 /// Records finished jobs when no claim follows.
-const FINISH_KEEP: &str = "WITH moved AS (DELETE FROM saas.jobs WHERE id = ANY($1) AND locked_by = $2 AND state = 'running' \
-       RETURNING id, queue, kind, tenant_id, attempts, unique_key, created_at) \
+const FINISH_KEEP: &str = "WITH moved AS (DELETE FROM saas.jobs d USING unnest($1::uuid[], $3::uuid[]) AS f(id, tk) \
+       WHERE d.id = f.id AND d.tenant_key = f.tk AND d.locked_by = $2 AND d.state = 'running' \
+       RETURNING d.id, d.queue, d.kind, d.tenant_id, d.attempts, d.unique_key, d.created_at) \
      INSERT INTO saas.jobs_done (id, queue, kind, tenant_id, attempts, unique_key, created_at, finished_at) \
      SELECT id, queue, kind, tenant_id, attempts, unique_key, created_at, now() FROM moved";
-const FINISH_DELETE: &str = "DELETE FROM saas.jobs WHERE id = ANY($1) AND locked_by = $2 AND state = 'running'";
+const FINISH_DELETE: &str = "DELETE FROM saas.jobs d USING unnest($1::uuid[], $3::uuid[]) AS f(id, tk) \
+       WHERE d.id = f.id AND d.tenant_key = f.tk AND d.locked_by = $2 AND d.state = 'running'";
 
 impl Shared {
-    async fn claim(&self, queue: &str, per_tenant: usize, finished: &[Uuid]) -> Result<Vec<Claimed>, sqlx::Error> {
+    async fn claim(&self, queue: &str, per_tenant: usize, finished: &Finished) -> Result<Vec<Claimed>, sqlx::Error> {
         let start = Uuid::from_u64_pair((random_unit() * u64::MAX as f64) as u64, 0);
         let sql = if self.cfg.keep_done { CLAIM_KEEP } else { CLAIM_DELETE };
         let rows = sqlx::query(sql)
@@ -502,7 +555,8 @@ impl Shared {
             .bind(self.me)
             .bind(&self.kinds)
             .bind((self.cfg.batch * 2) as i64)
-            .bind(finished)
+            .bind(&finished.ids)
+            .bind(&finished.tenant_keys)
             .fetch_all(&self.pool)
             .await?;
         if !finished.is_empty() {
@@ -520,6 +574,7 @@ impl Shared {
                     max_attempts: r.try_get(5)?,
                     created_at: r.try_get(6)?,
                     run_at: r.try_get(7)?,
+                    tenant_key: r.try_get(8)?,
                 })
             })
             .collect()
@@ -530,7 +585,7 @@ impl Shared {
         let waited = (started - job.created_at.max(job.run_at)).to_std().unwrap_or_default();
         let Some((kind, handler)) = self.handlers.get_key_value(job.kind.as_str()) else {
             return Outcome::Failed {
-                id: job.id,
+                id: (job.id, job.tenant_key),
                 attempts: job.attempts,
                 max_attempts: job.max_attempts,
                 error: JobError::retry(format!("no handler for {}", job.kind)),
@@ -552,16 +607,29 @@ impl Shared {
             platform: self.platform.clone(),
         };
         let t = Instant::now();
-        let result = handler(ctx, job.payload).await;
+        // A panic is a failed attempt (retried, then dead-lettered with its message), and
+        // a handler that outlives the job timeout is one too: neither stops the loop.
+        let attempt = std::panic::AssertUnwindSafe(handler(ctx, job.payload)).catch_unwind();
+        let result = match tokio::time::timeout(self.cfg.job_timeout, attempt).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(panic)) => Err(JobError::retry(format!(
+                "the handler panicked: {}",
+                panic_message(&*panic)
+            ))),
+            Err(_) => Err(JobError::retry(format!(
+                "the handler did not finish within {:?}",
+                self.cfg.job_timeout
+            ))),
+        };
         if let Some((_, run)) = instruments {
             run.record(t.elapsed().as_secs_f64());
         }
         match result {
-            Ok(()) => Outcome::Done(job.id),
+            Ok(()) => Outcome::Done((job.id, job.tenant_key)),
             Err(error) => {
                 tracing::warn!(job = %job.id, kind = %job.kind, attempt = job.attempts, error = %error, "job failed");
                 Outcome::Failed {
-                    id: job.id,
+                    id: (job.id, job.tenant_key),
                     attempts: job.attempts,
                     max_attempts: job.max_attempts,
                     error,
@@ -571,8 +639,9 @@ impl Shared {
     }
 
     /// Records failures now; returns the finished jobs, recorded by the next claim.
-    async fn record(&self, queue: &str, outcomes: Vec<Outcome>, done: &mut Vec<Uuid>) -> Result<(), sqlx::Error> {
-        let (mut ids, mut run_at, mut errors, mut dead) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    async fn record(&self, queue: &str, outcomes: Vec<Outcome>, done: &mut Finished) -> Result<(), sqlx::Error> {
+        let (mut ids, mut keys, mut run_at, mut errors, mut dead) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let now = Utc::now();
         for o in outcomes {
             match o {
@@ -590,7 +659,8 @@ impl Shared {
                             after.unwrap_or_else(|| self.cfg.backoff.delay(attempts)),
                         ),
                     };
-                    ids.push(id);
+                    ids.push(id.0);
+                    keys.push(id.1);
                     run_at.push(now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX));
                     errors.push(error.message().chars().take(2000).collect::<String>());
                     dead.push(is_dead);
@@ -604,8 +674,8 @@ impl Shared {
                    run_at = CASE WHEN u.dead THEN j.run_at ELSE u.run_at END, \
                    finished_at = CASE WHEN u.dead THEN now() END, \
                    last_error = u.err, locked_until = NULL, locked_by = NULL \
-                 FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::bool[]) AS u(id, run_at, err, dead) \
-                 WHERE j.id = u.id AND j.locked_by = $5 AND j.state = 'running' \
+                 FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::bool[], $6::uuid[]) AS u(id, run_at, err, dead, tk) \
+                 WHERE j.id = u.id AND j.tenant_key = u.tk AND j.locked_by = $5 AND j.state = 'running' \
                  RETURNING j.kind, u.dead",
             )
             .bind(&ids)
@@ -613,6 +683,7 @@ impl Shared {
             .bind(&errors)
             .bind(&dead)
             .bind(self.me)
+            .bind(&keys)
             .fetch_all(&self.pool)
             .await?;
             for r in rows {
@@ -639,7 +710,7 @@ async fn run_loop(
     mut wake: watch::Receiver<u64>,
 ) {
     let mut tenants_last = 1usize;
-    let mut finished: Vec<Uuid> = Vec::new();
+    let mut finished = Finished::default();
     let mut qi = 0usize;
     let mut idle_queues = 0usize;
     loop {
@@ -684,7 +755,10 @@ async fn run_loop(
         tenants.sort_unstable();
         tenants.dedup();
         tenants_last = tenants.len();
-        let ids: Vec<Uuid> = jobs.iter().map(|j| j.id).collect();
+        let ids = Finished {
+            ids: jobs.iter().map(|j| j.id).collect(),
+            tenant_keys: jobs.iter().map(|j| j.tenant_key).collect(),
+        };
         let batch = futures_util::stream::iter(jobs)
             .map(|j| shared.run_one(&queue, j))
             .buffer_unordered(shared.cfg.concurrency);
@@ -705,8 +779,37 @@ async fn run_loop(
     }
 }
 
+/// Runs a claim loop and restarts it when it dies (a panic outside any handler: handlers'
+/// own panics are failed attempts). While it is dead its heartbeat goes stale, so
+/// readiness reports it; jobs it held return after their visibility timeout.
+async fn supervise<F, Fut>(name: String, stop: watch::Receiver<bool>, make: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    loop {
+        match tokio::spawn(make()).await {
+            Ok(()) => return,
+            Err(e) if e.is_panic() => {
+                let message = panic_message(&*e.into_panic());
+                metrics::counter!("saas_events_loop_restarts_total").increment(1);
+                tracing::error!(worker_loop = %name, panic = %message, "a worker loop died; restarting it in 1 s");
+                if *stop.borrow() {
+                    return;
+                }
+                let mut stop = stop.clone();
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+            Err(_) => return,
+        }
+    }
+}
+
 /// Records finished jobs when no claim follows (shutdown).
-async fn finish(shared: &Shared, queue: &str, done: &[Uuid]) -> Result<(), sqlx::Error> {
+async fn finish(shared: &Shared, queue: &str, done: &Finished) -> Result<(), sqlx::Error> {
     if done.is_empty() {
         return Ok(());
     }
@@ -716,8 +819,9 @@ async fn finish(shared: &Shared, queue: &str, done: &[Uuid]) -> Result<(), sqlx:
         FINISH_DELETE
     };
     sqlx::query(sql)
-        .bind(done)
+        .bind(&done.ids)
         .bind(shared.me)
+        .bind(&done.tenant_keys)
         .execute(&shared.pool)
         .await?;
     metrics::counter!("saas_events_jobs_total", "queue" => queue.to_owned(), "outcome" => "done")
@@ -727,7 +831,12 @@ async fn finish(shared: &Shared, queue: &str, done: &[Uuid]) -> Result<(), sqlx:
 
 /// Runs a batch, extending the jobs' visibility while it runs. Returns the outcomes of
 /// the jobs that finished, and whether shutdown's grace ran out before the others did.
-async fn run_batch<S>(shared: &Shared, ids: &[Uuid], batch: S, stop: &mut watch::Receiver<bool>) -> (Vec<Outcome>, bool)
+async fn run_batch<S>(
+    shared: &Shared,
+    ids: &Finished,
+    batch: S,
+    stop: &mut watch::Receiver<bool>,
+) -> (Vec<Outcome>, bool)
 where
     S: futures_util::Stream<Item = Outcome>,
 {
@@ -749,9 +858,10 @@ where
                 None => return (outcomes, false),
             },
             _ = extend.tick() => {
-                let r = sqlx::query("UPDATE saas.jobs SET locked_until = now() + make_interval(secs => $3) \
-                                     WHERE id = ANY($1) AND locked_by = $2 AND state = 'running'")
-                    .bind(ids).bind(shared.me).bind(shared.cfg.visibility.as_secs_f64())
+                let r = sqlx::query("UPDATE saas.jobs j SET locked_until = now() + make_interval(secs => $3) \
+                                     FROM unnest($1::uuid[], $4::uuid[]) AS f(id, tk) \
+                                     WHERE j.id = f.id AND j.tenant_key = f.tk AND j.locked_by = $2 AND j.state = 'running'")
+                    .bind(&ids.ids).bind(shared.me).bind(shared.cfg.visibility.as_secs_f64()).bind(&ids.tenant_keys)
                     .execute(&shared.pool).await;
                 if let Err(e) = r {
                     tracing::warn!(error = %e, "extending running jobs failed");
@@ -778,42 +888,23 @@ async fn release(pool: &PgPool, me: Uuid) -> Result<u64, sqlx::Error> {
     Ok(r.rows_affected())
 }
 
-/// Wakes the loops on `NOTIFY saas_events`.
-async fn listen(pool: PgPool, wake: watch::Sender<u64>, mut stop: watch::Receiver<bool>) {
+/// Wakes the loops on `NOTIFY saas_events` (and after every reconnection, when work may
+/// have arrived unannounced), through saas-core's listener; ends at shutdown.
+fn listen(pool: PgPool, wake: watch::Sender<u64>, stop: watch::Receiver<bool>) -> JoinHandle<()> {
     let mut n = 0u64;
-    loop {
-        if *stop.borrow() {
-            return;
-        }
-        let mut listener = match PgListener::connect_with(&pool).await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::warn!(error = %e, "event listener could not connect; polling until it can");
-                tokio::select! { _ = tokio::time::sleep(Duration::from_secs(1)) => {}, _ = stop.changed() => {} }
-                continue;
-            }
-        };
-        if let Err(e) = listener.listen(CHANNEL).await {
-            tracing::warn!(error = %e, "event listener could not LISTEN");
-            tokio::select! { _ = tokio::time::sleep(Duration::from_secs(1)) => {}, _ = stop.changed() => {} }
-            continue;
-        }
-        loop {
-            tokio::select! {
-                r = listener.try_recv() => match r {
-                    Ok(_) => {
-                        n += 1;
-                        let _ = wake.send(n);
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "event listener failed; reconnecting");
-                        break;
-                    }
-                },
-                _ = stop.changed() => return,
+    let stopped = async move {
+        let mut stop = stop;
+        while !*stop.borrow() {
+            if stop.changed().await.is_err() {
+                return;
             }
         }
-    }
+    };
+    saas_core::notify::spawn(pool, CHANNEL, stopped, move |_: Notice<Wake>| {
+        n += 1;
+        let _ = wake.send(n);
+        std::future::ready(())
+    })
 }
 
 /// Rescues jobs whose worker died, publishes due schedules, reports queue depth.

@@ -602,7 +602,7 @@ async fn segments(tx: &mut PgConnection) -> Result<Vec<Segment>, FlagError> {
 }
 
 async fn notify(tx: &mut PgConnection) -> Result<(), FlagError> {
-    sqlx::query("SELECT pg_notify($1, currval('saas.flag_changes')::text)")
+    sqlx::query("SELECT pg_notify($1, json_build_object('seq', currval('saas.flag_changes'))::text)")
         .bind(CHANNEL)
         .execute(tx)
         .await?;

@@ -7,8 +7,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use saas_core::notify::Notice;
 use serde::{Deserialize, Serialize};
-use sqlx::postgres::PgListener;
 use sqlx::{PgPool, Row};
 
 use crate::compile::{FlagSet, FlagSetBuilder, Mode, Versioned};
@@ -75,6 +75,7 @@ impl FlagStoreBuilder {
             hostname: self.hostname,
             engine: Engine::new(FlagSet::empty("")),
             reload_lock: tokio::sync::Mutex::new(()),
+            life: saas_core::notify::Lifeline::new(),
         });
         let store = FlagStore { inner };
         match store.reload().await {
@@ -102,6 +103,8 @@ struct Inner {
     hostname: Option<String>,
     engine: Engine,
     reload_lock: tokio::sync::Mutex<()>,
+    /// Ends the change listener when the last clone of the store is dropped.
+    life: saas_core::notify::Lifeline,
 }
 
 /// Flags for one environment, from PostgreSQL, always current.
@@ -338,47 +341,34 @@ pub(crate) fn parse_stored(json: serde_json::Value) -> Result<FlagDefinition, Fl
     serde_json::from_value(json).map_err(|e| FlagError::Payload(format!("stored definition: {e}")))
 }
 
+/// Follows changes through saas-core's listener until the store's last clone is dropped
+/// (its lifeline). Notifications only mark the store stale; one reloading task reads
+/// everything again, so a burst of changes costs one or two reloads, not one each.
 fn spawn_listener(weak: Weak<Inner>) {
+    let Some(inner) = weak.upgrade() else { return };
+    let stale = Arc::new(tokio::sync::Notify::new());
+    let mark = Arc::clone(&stale);
+    saas_core::notify::spawn(
+        inner.pool.clone(),
+        CHANNEL,
+        inner.life.ended(),
+        move |_: Notice<serde::de::IgnoredAny>| {
+            // A change, or a (re)connection after which anything may have changed.
+            mark.notify_one();
+            std::future::ready(())
+        },
+    );
+    let until = inner.life.ended();
+    drop(inner);
     tokio::spawn(async move {
+        let mut until = std::pin::pin!(until);
         loop {
-            let Some(pool) = weak.upgrade().map(|i| i.pool.clone()) else {
-                return;
-            };
-            let mut listener = match PgListener::connect_with(&pool).await {
-                Ok(l) => l,
-                Err(e) => {
-                    tracing::warn!(error = %e, "flag listener could not connect; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            };
-            if let Err(e) = listener.listen(CHANNEL).await {
-                tracing::warn!(error = %e, "flag listener could not LISTEN; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
+            tokio::select! {
+                () = stale.notified() => {}
+                () = &mut until => return,
             }
-            // Changes made while not listening are unknown: read everything.
             if !reload(&weak).await {
                 return;
-            }
-            loop {
-                match listener.try_recv().await {
-                    Ok(_) => {
-                        // A notification, or a reconnect (notifications in between lost):
-                        // either way read again. Several quick changes coalesce.
-                        while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(5), listener.try_recv())
-                            .await
-                            .unwrap_or(Ok(None))
-                        {}
-                        if !reload(&weak).await {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "flag listener failed; reconnecting");
-                        break;
-                    }
-                }
             }
         }
     });

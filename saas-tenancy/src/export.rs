@@ -24,7 +24,8 @@ impl ExportReport {
 }
 
 /// Writes every row of every registered tenant table for `tenant` to `out`, one JSON
-/// object per line: `{"table":"public.projects","row":{…}}`.
+/// object per line: `{"table":"public.projects","row":{…}}`. Tables registered as caches
+/// rather than data (`exported = false`, such as stored idempotent responses) are left out.
 ///
 /// Runs in one [`TenantTx`] on the application pool (a consistent snapshot that row-level
 /// security limits to the tenant) and streams rows as they arrive, so memory stays
@@ -37,9 +38,10 @@ pub async fn export<W: AsyncWrite + Unpin>(
 ) -> Result<ExportReport, TenancyError> {
     let mut out = tokio::io::BufWriter::new(out);
     let mut tx = TenantTx::begin_snapshot(pool, tenant).await?;
-    let tables: Vec<String> = sqlx::query_scalar("SELECT table_name::text FROM saas.tenant_tables ORDER BY 1")
-        .fetch_all(&mut *tx)
-        .await?;
+    let tables: Vec<String> =
+        sqlx::query_scalar("SELECT table_name::text FROM saas.tenant_tables WHERE exported ORDER BY 1")
+            .fetch_all(&mut *tx)
+            .await?;
     let mut report = ExportReport::default();
     for table in tables {
         let prefix = format!("{{\"table\":{},\"row\":", serde_json::Value::from(table.as_str()));

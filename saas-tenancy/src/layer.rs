@@ -6,7 +6,7 @@ use std::sync::Arc;
 use http::StatusCode;
 use http::request::Parts;
 use saas_core::problem::{IntoProblem, Problem};
-use saas_core::service::{Gate, GateLayer, GateService};
+use saas_core::service::{Gate, GateLayer, GateService, PathPrefixes};
 use saas_core::telemetry::RequestSpan;
 use saas_core::{Principal, SupportSessionId, TenantId};
 use tower::Layer;
@@ -122,7 +122,7 @@ impl<R: TenantResolver, St: TenantStore> TenantLayerBuilder<R, St> {
             store: self.store,
             membership: check,
             require_principal: true,
-            allow_suspended: Arc::new(Vec::new()),
+            allow_suspended: PathPrefixes::default(),
             support: None,
         }
     }
@@ -155,7 +155,7 @@ pub struct TenantLayer<R, St, M> {
     store: St,
     membership: M,
     require_principal: bool,
-    allow_suspended: Arc<Vec<String>>,
+    allow_suspended: PathPrefixes,
     support: Option<SupportSessions>,
 }
 
@@ -169,12 +169,13 @@ impl TenantLayer<(), (), ()> {
 
 impl<R, St, M> TenantLayer<R, St, M> {
     /// Paths (prefixes) a suspended tenant may still use, such as billing and export.
+    /// Prefixes match whole segments: `/billing` allows `/billing/…`, not `/billing-export`.
     pub fn allow_while_suspended<I, P>(mut self, prefixes: I) -> Self
     where
         I: IntoIterator<Item = P>,
         P: Into<String>,
     {
-        self.allow_suspended = Arc::new(prefixes.into_iter().map(Into::into).collect());
+        self.allow_suspended = PathPrefixes::new(prefixes);
         self
     }
 
@@ -289,12 +290,7 @@ impl<R: TenantResolver, St: TenantStore, M: MembershipCheck> TenantLayer<R, St, 
                 }
             }
         }
-        if tenant.status == TenantStatus::Suspended
-            && !self
-                .allow_suspended
-                .iter()
-                .any(|p| parts.uri.path().starts_with(p.as_str()))
-        {
+        if tenant.status == TenantStatus::Suspended && !self.allow_suspended.matches(parts.uri.path()) {
             return reject(
                 Problem::new(StatusCode::LOCKED)
                     .with_type("tenant-suspended")
@@ -327,7 +323,8 @@ mod extract {
     }
 
     /// A ready [`TenantTx`] for the request's tenant, on the `sqlx::PgPool` found in the
-    /// request extensions (`.layer(Extension(pool))`).
+    /// request extensions (`.layer(Extension(pool))`), acting for the request's
+    /// [`Principal`](saas_core::Principal) when there is one.
     impl<S: Send + Sync> FromRequestParts<S> for TenantTx {
         type Rejection = Problem;
         async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
@@ -336,7 +333,11 @@ mod extract {
                 parts.extensions.get::<sqlx::PgPool>().cloned().ok_or_else(|| {
                     Problem::internal().with_internal("TenantTx requested without a PgPool extension")
                 })?;
-            TenantTx::begin(&pool, ctx.id()).await.map_err(|e| e.to_problem())
+            match parts.extensions.get::<saas_core::Principal>() {
+                Some(p) => TenantTx::begin_as(&pool, ctx.id(), p.user_id).await,
+                None => TenantTx::begin(&pool, ctx.id()).await,
+            }
+            .map_err(|e| e.to_problem())
         }
     }
 }

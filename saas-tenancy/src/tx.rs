@@ -2,8 +2,8 @@
 
 use std::ops::{Deref, DerefMut};
 
-use saas_core::TenantId;
 use saas_core::audit::{self, Actor, AuditRecord};
+use saas_core::{TenantId, UserId};
 use sqlx::postgres::PgPool;
 use sqlx::{PgConnection, Postgres, Transaction};
 
@@ -29,34 +29,70 @@ use crate::error::TenancyError;
 /// ```
 ///
 /// Dropping it without [`commit`](TenantTx::commit) rolls back.
+///
+/// The transaction may also carry the authenticated user ([`begin_as`](TenantTx::begin_as),
+/// set in the same message): tables about people (`saas.users`) show a user their own row
+/// and the tenant's members, nothing else.
 #[derive(Debug)]
 pub struct TenantTx {
     tx: Transaction<'static, Postgres>,
     tenant: TenantId,
+    user: Option<UserId>,
 }
 
+#[cfg(test)]
 use saas_core::db::scoped_begin_statement as begin_statement;
 
 impl TenantTx {
     /// Takes a connection from `pool` and begins a transaction scoped to `tenant`.
     pub async fn begin(pool: &PgPool, tenant: TenantId) -> Result<Self, TenancyError> {
-        let tx = pool
-            .begin_with(sqlx::AssertSqlSafe(begin_statement("BEGIN", tenant)))
-            .await?;
-        Ok(Self { tx, tenant })
+        Self::open(pool, "BEGIN", tenant, None).await
+    }
+
+    /// Begins a transaction scoped to `tenant` on behalf of `user` (the request's
+    /// principal), both set in the one `BEGIN` message.
+    pub async fn begin_as(pool: &PgPool, tenant: TenantId, user: UserId) -> Result<Self, TenancyError> {
+        Self::open(pool, "BEGIN", tenant, Some(user)).await
     }
 
     /// Begins a read-only, repeatable-read transaction scoped to `tenant`: one consistent
     /// snapshot for reports and exports.
     pub async fn begin_snapshot(pool: &PgPool, tenant: TenantId) -> Result<Self, TenancyError> {
-        let begin = begin_statement("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", tenant);
-        let tx = pool.begin_with(sqlx::AssertSqlSafe(begin)).await?;
-        Ok(Self { tx, tenant })
+        Self::open(pool, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", tenant, None).await
+    }
+
+    async fn open(
+        pool: &PgPool,
+        begin: &'static str,
+        tenant: TenantId,
+        user: Option<UserId>,
+    ) -> Result<Self, TenancyError> {
+        let tx = saas_core::db::begin_scoped(pool, begin, tenant, user).await?;
+        Ok(Self { tx, tenant, user })
     }
 
     /// The tenant this transaction is scoped to.
     pub fn tenant(&self) -> TenantId {
         self.tenant
+    }
+
+    /// The user this transaction acts for, if any.
+    pub fn user(&self) -> Option<UserId> {
+        self.user
+    }
+
+    /// Makes the rest of this transaction act for `user` (one statement; prefer
+    /// [`begin_as`](Self::begin_as), which costs none). For library code that receives a
+    /// transaction and must read the caller's own identity (accepting an invitation).
+    pub async fn act_as(&mut self, user: UserId) -> Result<(), TenancyError> {
+        if self.user != Some(user) {
+            sqlx::query("SELECT set_config('app.user_id', $1, true)")
+                .bind(user.to_string())
+                .execute(&mut *self.tx)
+                .await?;
+            self.user = Some(user);
+        }
+        Ok(())
     }
 
     /// Commits.
@@ -188,8 +224,14 @@ mod tests {
     fn begin_statement_inlines_only_a_uuid() {
         let t = TenantId::from_uuid(uuid_nil());
         assert_eq!(
-            begin_statement("BEGIN", t),
-            "BEGIN; SELECT set_config('app.tenant_id', '00000000-0000-0000-0000-000000000000', true)"
+            begin_statement("BEGIN", t, None),
+            "BEGIN; SELECT set_config('app.tenant_id', '00000000-0000-0000-0000-000000000000', true), \
+             set_config('app.user_id', '', true)"
+        );
+        let u = UserId::from_uuid(uuid_nil());
+        assert!(
+            begin_statement("BEGIN", t, Some(u))
+                .ends_with("set_config('app.user_id', '00000000-0000-0000-0000-000000000000', true)")
         );
     }
 

@@ -4,8 +4,12 @@
 //! lists every problem with the SQL to fix it) when:
 //! - the role is superuser or has `BYPASSRLS`;
 //! - the role owns a tenant table, or may act as its owner;
-//! - a table with a `tenant_id` column lacks `ENABLE` or `FORCE ROW LEVEL SECURITY`, or a
-//!   policy on `app.tenant_id`, or has a permissive policy that ignores it;
+//! - a table with a `tenant_id` column (registered or not) lacks `ENABLE` or `FORCE ROW
+//!   LEVEL SECURITY`, or the canonical tenant policy, or has any other permissive policy,
+//!   for any command: every policy is compared, as PostgreSQL normalises it
+//!   (`pg_get_expr`), with the one `saas.tenant_policy` generates, so `FOR DELETE USING
+//!   (true)`, `FOR INSERT WITH CHECK (true)` or `USING (… OR true)` are refused with the
+//!   SQL that replaces them;
 //! - a tenant table has a unique constraint or index without `tenant_id`;
 //! - a `SECURITY DEFINER` function owned by a role that bypasses row-level security is
 //!   executable by the application role.
@@ -50,9 +54,9 @@ pub enum ProblemKind {
     RlsNotEnabled,
     /// Row-level security is not forced (the owner would bypass it).
     RlsNotForced,
-    /// No policy restricts rows to `app.tenant_id`.
+    /// The canonical tenant policy (`saas.tenant_policy`) is missing.
     NoTenantPolicy,
-    /// A permissive policy ignores `app.tenant_id` and widens access.
+    /// A permissive policy other than the canonical one widens access (policies are OR-ed).
     WideningPolicy,
     /// A unique constraint or index leaves out `tenant_id`.
     UniqueWithoutTenant,
@@ -180,7 +184,8 @@ const TENANT_TABLES: &str = "
     JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped
     WHERE c.relkind IN ('r', 'p')
       AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-      AND n.nspname NOT LIKE 'pg\\_%'";
+      AND n.nspname NOT LIKE 'pg\\_%'
+      AND c.oid IS DISTINCT FROM to_regclass('saas.tenant_policy_reference')";
 
 fn problem(
     kind: ProblemKind,
@@ -227,20 +232,34 @@ async fn inspect(conn: &mut PgConnection) -> Result<IsolationReport, IsolationEr
         ));
     }
 
+    // Every policy is compared with the canonical one as PostgreSQL normalises it: the
+    // policy of `saas.tenant_policy_reference`, made by the same function
+    // (`saas.tenant_policy`) that makes every tenant table's. A permissive policy that
+    // is not exactly it, for any command, is OR-ed with it and widens access.
     let tables = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT c.oid::regclass::text AS name, c.relrowsecurity, c.relforcerowsecurity,
+        "WITH ref AS (
+             SELECT pg_get_expr(p.polqual, p.polrelid) AS qual, pg_get_expr(p.polwithcheck, p.polrelid) AS wc
+             FROM pg_policy p
+             WHERE p.polrelid = to_regclass('saas.tenant_policy_reference') AND p.polname = 'tenant_isolation'
+         ), canon AS (
+             SELECT p.oid, p.polrelid, p.polpermissive,
+                    (p.polcmd = '*' AND ref.qual IS NOT NULL
+                     AND pg_get_expr(p.polqual, p.polrelid) IS NOT DISTINCT FROM ref.qual
+                     AND pg_get_expr(p.polwithcheck, p.polrelid) IS NOT DISTINCT FROM ref.wc) AS canonical,
+                    quote_ident(p.polname) AS name
+             FROM pg_policy p LEFT JOIN ref ON true
+         )
+         SELECT c.oid::regclass::text AS name, c.relrowsecurity, c.relforcerowsecurity,
                 pg_has_role(current_user, c.relowner, 'MEMBER') AS owns,
                 r.rolname::text AS owner,
-                EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid
-                        AND (pg_get_expr(p.polqual, p.polrelid) LIKE '%app.tenant_id%'
-                             OR pg_get_expr(p.polqual, p.polrelid) LIKE '%current_tenant_id()%')) AS has_policy,
-                (SELECT string_agg(p.polname::text, ', ') FROM pg_policy p WHERE p.polrelid = c.oid AND p.polpermissive
-                        AND p.polcmd IN ('r', '*')
-                        AND coalesce(pg_get_expr(p.polqual, p.polrelid), 'true') NOT LIKE '%app.tenant_id%'
-                        AND coalesce(pg_get_expr(p.polqual, p.polrelid), 'true') NOT LIKE '%current_tenant_id()%') AS widening,
+                EXISTS (SELECT 1 FROM canon p WHERE p.polrelid = c.oid AND p.polpermissive AND p.canonical) AS has_policy,
+                (SELECT string_agg(p.name, ', ' ORDER BY p.name) FROM canon p
+                 WHERE p.polrelid = c.oid AND p.polpermissive AND NOT p.canonical) AS widening,
+                EXISTS (SELECT 1 FROM ref) AS has_reference,
                 to_regclass('saas.tenant_tables') IS NOT NULL AS has_registry
          FROM pg_class c JOIN pg_roles r ON r.oid = c.relowner
-         WHERE c.oid IN ({TENANT_TABLES}) ORDER BY 1"
+         WHERE c.oid IN ({TENANT_TABLES})
+         ORDER BY 1"
     )))
     .fetch_all(&mut *conn)
     .await?;
@@ -284,20 +303,30 @@ async fn inspect(conn: &mut PgConnection) -> Result<IsolationReport, IsolationEr
                 format!("ALTER TABLE {name} FORCE ROW LEVEL SECURITY;"),
             ));
         }
-        if !t.try_get::<bool, _>("has_policy")? {
+        if !t.try_get::<bool, _>("has_reference")? {
             out.push(problem(
                 NoTenantPolicy,
                 Leak,
                 &name,
-                format!("SELECT saas.enable_tenant_rls('{name}');"),
+                "-- run saas-tenancy's migrations (saas_tenancy::MIGRATOR): the canonical tenant policy is missing",
+            ));
+        } else if !t.try_get::<bool, _>("has_policy")? {
+            out.push(problem(
+                NoTenantPolicy,
+                Leak,
+                &name,
+                format!("SELECT saas.tenant_policy('{name}');"),
             ));
         }
         if let Some(w) = t.try_get::<Option<String>, _>("widening")? {
+            let drops: String = w.split(", ").map(|p| format!("DROP POLICY {p} ON {name}; ")).collect();
             out.push(problem(
                 WideningPolicy,
                 Leak,
                 format!("{name} ({w})"),
-                format!("DROP POLICY <name> ON {name}; -- permissive policies are OR-ed with the tenant policy"),
+                format!(
+                    "{drops}SELECT saas.tenant_policy('{name}'); -- a permissive policy other than the canonical one is OR-ed with it"
+                ),
             ));
         }
         if t.try_get::<bool, _>("has_registry")? && !registered.contains(&name) {

@@ -34,6 +34,7 @@ use tower::{ServiceBuilder, ServiceExt};
 mod authz;
 mod events;
 mod flags;
+mod hardening;
 
 fn code(e: &sqlx::Error) -> String {
     e.as_database_error()

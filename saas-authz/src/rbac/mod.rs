@@ -253,9 +253,41 @@ pub(crate) struct Inner {
     /// a drop and match a thread's stale copy).
     pub(crate) id: u64,
     pub(crate) loading: tokio::sync::Mutex<()>,
+    /// Per tenant, how many changes were notified (any tenant's count moves with
+    /// `epoch`, bumped when notifications may have been missed): a load that saw the
+    /// number move while it read is thrown away and redone.
+    generations: std::sync::Mutex<std::collections::HashMap<TenantId, u64>>,
+    epoch: AtomicU64,
+    /// Ends the change listener when the last clone of the evaluator is dropped.
+    pub(crate) life: saas_core::notify::Lifeline,
 }
 
 impl Inner {
+    /// The change count of `tenant` (with the epoch).
+    pub(crate) fn generation(&self, tenant: TenantId) -> (u64, u64) {
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let g = self
+            .generations
+            .lock()
+            .map(|m| m.get(&tenant).copied().unwrap_or(0))
+            .unwrap_or(u64::MAX);
+        (epoch, g)
+    }
+
+    /// Records a notified change of `tenant`, or of everything (`None`).
+    pub(crate) fn changed(&self, tenant: Option<TenantId>) {
+        match tenant {
+            Some(t) => {
+                if let Ok(mut m) = self.generations.lock() {
+                    *m.entry(t).or_insert(0) += 1;
+                }
+            }
+            None => {
+                self.epoch.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+    }
+
     /// Replaces the snapshot with `f(current)`, atomically with respect to other updates.
     pub(crate) fn update(&self, f: impl Fn(&mut Tenants)) {
         self.tenants.rcu(|current| {
@@ -328,6 +360,9 @@ impl Authz {
                 version: AtomicU64::new(0),
                 id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
                 loading: tokio::sync::Mutex::new(()),
+                generations: std::sync::Mutex::new(std::collections::HashMap::new()),
+                epoch: AtomicU64::new(0),
+                life: saas_core::notify::Lifeline::new(),
             }),
             tenant: None,
         }

@@ -466,6 +466,41 @@ impl Model {
         &self.builtin
     }
 
+    /// The rank (1 viewer … 4 owner) of the lowest built-in role whose permissions cover
+    /// `perms`: what a custom role with these permissions counts as when the rule "nobody
+    /// grants a role above their own" is applied.
+    pub fn rank_covering(&self, perms: PermSet) -> u8 {
+        [
+            crate::role::VIEWER,
+            crate::role::MEMBER,
+            crate::role::ADMIN,
+            crate::role::OWNER,
+        ]
+        .into_iter()
+        .find(|b| self.builtin_permissions(b).is_some_and(|bp| perms.is_subset(&bp)))
+        .and_then(crate::role::rank)
+        .unwrap_or(4)
+    }
+
+    /// The rank of each of `roles` (built-in by name, custom ones compiled with the
+    /// tenant's `custom` definitions, inclusions followed). `None` for a role that does not
+    /// exist.
+    pub(crate) fn ranks_of(&self, custom: &[RoleDef], roles: &[&str]) -> Result<Vec<Option<u8>>, ModelError> {
+        let mut defs = self.builtin.clone();
+        defs.extend(custom.iter().cloned());
+        let compiled = compile_roles(&self.perms, &defs)?;
+        Ok(roles
+            .iter()
+            .map(|r| match crate::role::rank(r) {
+                Some(rank) => Some(rank),
+                None => compiled
+                    .iter()
+                    .find(|c| &*c.name == *r)
+                    .map(|c| self.rank_covering(c.perms)),
+            })
+            .collect())
+    }
+
     /// The permissions of built-in role `name`.
     pub fn builtin_permissions(&self, name: &str) -> Option<PermSet> {
         self.compiled_builtin.iter().find(|r| &*r.name == name).map(|r| r.perms)

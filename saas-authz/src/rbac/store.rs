@@ -16,8 +16,9 @@ use super::model::{
     CompiledGrant, Model, ModelError, RoleDef, Subject, TenantPolicy, compile_roles, kind_of, valid_role_name,
 };
 use crate::membership::require_manager;
-use crate::notify;
+use crate::notify::{self, Change};
 use crate::role;
+use saas_core::notify::Notice;
 
 saas_core::define_id!(
     /// A resource grant.
@@ -97,6 +98,9 @@ pub enum RbacError {
     /// No such role or grant.
     #[error("no such {0}")]
     NotFound(&'static str),
+    /// The tenant's policy kept changing while it was being loaded; try again.
+    #[error("the tenant's permissions kept changing while being loaded; try again")]
+    Busy,
     /// The role is still held by members or grants.
     #[error("role {0:?} is still in use; reassign its members and grants first")]
     InUse(String),
@@ -126,6 +130,7 @@ impl IntoProblem for RbacError {
             }
             RbacError::NotFound(_) => Problem::not_found().with_detail(self.to_string()),
             RbacError::InUse(_) => Problem::conflict(self.to_string()).with_type("role-in-use"),
+            RbacError::Busy => Problem::unavailable().with_detail(self.to_string()),
             RbacError::Audit(e) => e.to_problem(),
             RbacError::Database(e) => e.to_problem(),
         }
@@ -203,7 +208,7 @@ pub(crate) fn compile_tenant(model: &Model, data: &TenantData) -> Result<TenantP
 }
 
 async fn load_data(pool: &sqlx::PgPool, tenant: TenantId) -> Result<TenantData, sqlx::Error> {
-    let mut tx = saas_core::db::begin_scoped(pool, tenant).await?;
+    let mut tx = crate::tenant_tx(pool, tenant).await?;
     let mut data = TenantData::default();
     for r in sqlx::query("SELECT name, permissions, includes FROM saas.roles WHERE tenant_id = $1 ORDER BY name")
         .bind(tenant)
@@ -222,6 +227,19 @@ async fn load_data(pool: &sqlx::PgPool, tenant: TenantId) -> Result<TenantData, 
         .await?
     {
         data.members.push((r.try_get("user_id")?, r.try_get("roles")?));
+    }
+    // Service-account keys are members holding their role, known by the key's id.
+    for r in sqlx::query(
+        "SELECT id, role FROM saas.api_keys WHERE tenant_id = $1 AND kind = 'service' AND revoked_at IS NULL \
+         AND (expires_at IS NULL OR expires_at > now())",
+    )
+    .bind(tenant)
+    .fetch_all(&mut *tx)
+    .await?
+    {
+        let id: Uuid = r.try_get("id")?;
+        let role: String = r.try_get("role")?;
+        data.members.push((UserId::from_uuid(id), vec![role]));
     }
     for r in sqlx::query(
         "SELECT resource_type, resource_id, user_id, role_subject, role, inherit FROM saas.resource_grants WHERE tenant_id = $1",
@@ -254,7 +272,7 @@ async fn load_data(pool: &sqlx::PgPool, tenant: TenantId) -> Result<TenantData, 
             (r.try_get("parent_type")?, r.try_get("parent_id")?),
         ));
     }
-    tx.commit().await?;
+    tx.commit().await.map_err(crate::db_err)?;
     Ok(data)
 }
 
@@ -265,19 +283,50 @@ impl Authz {
         if self.is_loaded(tenant) {
             return Ok(());
         }
-        self.reload(tenant).await
+        let _one_at_a_time = self.inner.loading.lock().await;
+        if self.is_loaded(tenant) {
+            return Ok(());
+        }
+        self.load_locked(tenant).await
     }
 
     /// Reloads `tenant`'s policy from the database and swaps it in.
     pub async fn reload(&self, tenant: TenantId) -> Result<(), RbacError> {
-        let Some(pool) = &self.inner.pool else { return Ok(()) };
         let _one_at_a_time = self.inner.loading.lock().await;
-        let data = load_data(pool, tenant).await?;
-        let policy = Arc::new(compile_tenant(&self.inner.model, &data)?);
-        self.inner.update(|map| {
-            map.insert(tenant, policy.clone());
-        });
-        Ok(())
+        self.load_locked(tenant).await
+    }
+
+    /// Reloads `tenant` if it is loaded (the listener's path). The check and the load run
+    /// under the loading lock, so a change cannot slip between a first load's read and its
+    /// install unseen: either the load sees the change's generation move and reads again,
+    /// or the change is handled here after the install.
+    async fn refresh(&self, tenant: TenantId) -> Result<(), RbacError> {
+        let _one_at_a_time = self.inner.loading.lock().await;
+        if !self.is_loaded(tenant) {
+            return Ok(());
+        }
+        self.load_locked(tenant).await
+    }
+
+    /// Loads and installs `tenant`, holding the loading lock. A change notified while the
+    /// data was being read (its generation moved) makes the load start over; after a few
+    /// tries in a storm of changes the tenant is left unloaded (loaded again on next use).
+    async fn load_locked(&self, tenant: TenantId) -> Result<(), RbacError> {
+        let Some(pool) = &self.inner.pool else { return Ok(()) };
+        for _ in 0..8 {
+            let before = self.inner.generation(tenant);
+            let data = load_data(pool, tenant).await?;
+            let policy = Arc::new(compile_tenant(&self.inner.model, &data)?);
+            if self.inner.generation(tenant) == before {
+                self.inner.update(|map| {
+                    map.insert(tenant, policy.clone());
+                });
+                return Ok(());
+            }
+            tracing::debug!(%tenant, "the tenant's policy changed while loading; loading again");
+        }
+        self.evict(tenant);
+        Err(RbacError::Busy)
     }
 
     /// Forgets `tenant`'s policy (it is loaded again on next use).
@@ -289,28 +338,32 @@ impl Authz {
         }
     }
 
-    /// Follows changes made by any process (roles, grants, parents, memberships): the
-    /// changed tenant is reloaded, usually within milliseconds of the commit.
+    /// Follows changes made by any process (roles, grants, parents, memberships,
+    /// service-account keys): the changed tenant is reloaded, usually within milliseconds
+    /// of the commit. Ends when the last clone of this evaluator is dropped.
     pub fn listen(&self) -> tokio::task::JoinHandle<()> {
         let Some(pool) = self.inner.pool.clone() else {
             return tokio::spawn(async {});
         };
-        let authz = self.clone();
+        // The reloading task holds the evaluator weakly: dropping the last `Authz` ends
+        // the listener (its lifeline) and then this task (its channel).
+        let weak = Arc::downgrade(&self.inner);
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Option<TenantId>>();
         tokio::spawn(async move {
             while let Some(change) = rx.recv().await {
+                let Some(inner) = weak.upgrade() else { return };
+                let authz = Authz { inner, tenant: None };
                 match change {
-                    Some(tenant) if authz.is_loaded(tenant) => {
-                        if let Err(e) = authz.reload(tenant).await {
+                    Some(tenant) => {
+                        if let Err(e) = authz.refresh(tenant).await {
                             tracing::warn!(error = %e, %tenant, "reloading a tenant's policy failed; evicting it");
                             authz.evict(tenant);
                         }
                     }
-                    Some(_) => {}
                     None => {
                         let loaded: Vec<TenantId> = authz.inner.tenants.load().keys().copied().collect();
                         for tenant in loaded {
-                            if authz.reload(tenant).await.is_err() {
+                            if authz.refresh(tenant).await.is_err() {
                                 authz.evict(tenant);
                             }
                         }
@@ -318,21 +371,21 @@ impl Authz {
                 }
             }
         });
-        notify::spawn(pool, move |payload| {
-            let change = match payload {
-                None => Some(None),
-                Some(p) => {
-                    let mut parts = p.split(':');
-                    match (parts.next(), parts.next()) {
-                        (Some("member" | "authz"), Some(t)) => t.parse::<TenantId>().ok().map(Some),
-                        _ => None,
-                    }
-                }
+        let weak = Arc::downgrade(&self.inner);
+        notify::spawn(pool, self.inner.life.ended(), move |notice| {
+            // The generation moves here, synchronously, before anything is reloaded: a
+            // load that is reading this tenant right now will notice and read again.
+            let change = match notice {
+                Notice::Message(c) => match c.policy_tenant() {
+                    Some(tenant) => Some(tenant),
+                    None => return,
+                },
+                Notice::Gap => None,
             };
-            match change {
-                Some(c) => tx.send(c).is_ok(),
-                None => true,
+            if let Some(inner) = weak.upgrade() {
+                inner.changed(change);
             }
+            let _ = tx.send(change);
         })
     }
 
@@ -404,34 +457,24 @@ impl Authz {
             .map(|r| r.perms)
             .unwrap_or_default();
         self.within(held, perms)?;
-        // The rank of the lowest built-in role that covers it, for membership rules.
-        let rank = [role::VIEWER, role::MEMBER, role::ADMIN, role::OWNER]
-            .into_iter()
-            .find(|b| {
-                self.inner
-                    .model
-                    .builtin_permissions(b)
-                    .is_some_and(|bp| perms.is_subset(&bp))
-            })
-            .and_then(role::rank)
-            .unwrap_or(4);
+        // No rank is stored: it follows what the role includes, and is computed from the
+        // compiled role whenever the membership rules need it.
         sqlx::query(
-            "INSERT INTO saas.roles (tenant_id, name, permissions, includes, rank, updated_at) VALUES ($1, $2, $3, $4, $5, now()) \
+            "INSERT INTO saas.roles (tenant_id, name, permissions, includes, updated_at) VALUES ($1, $2, $3, $4, now()) \
              ON CONFLICT (tenant_id, name) DO UPDATE SET permissions = EXCLUDED.permissions, includes = EXCLUDED.includes, \
-             rank = EXCLUDED.rank, updated_at = EXCLUDED.updated_at",
+             updated_at = EXCLUDED.updated_at",
         )
         .bind(tenant)
         .bind(&def.name)
         .bind(&def.permissions)
         .bind(&def.includes)
-        .bind(i16::from(rank))
         .execute(&mut **tx)
         .await?;
         let record = AuditRecord::new(tenant, Actor::from(actor), "role.defined")?
             .target("role", &def.name)
             .metadata(json!({ "before": before, "after": def }));
         audit::record(tx, &record).await?;
-        notify::send(tx, &format!("authz:{tenant}")).await?;
+        notify::send(tx, &Change::Policy { tenant }).await?;
         Ok(())
     }
 
@@ -465,7 +508,7 @@ impl Authz {
             .target("role", name)
             .metadata(json!({ "before": { "permissions": perms }, "after": null }));
         audit::record(tx, &record).await?;
-        notify::send(tx, &format!("authz:{tenant}")).await?;
+        notify::send(tx, &Change::Policy { tenant }).await?;
         Ok(())
     }
 
@@ -513,7 +556,7 @@ impl Authz {
             .metadata(json!({ "before": null, "after": {
                 "id": id, "user": user, "role_subject": role_subject, "role": grant.role, "inherit": grant.inherit } }));
         audit::record(tx, &record).await?;
-        notify::send(tx, &format!("authz:{tenant}")).await?;
+        notify::send(tx, &Change::Policy { tenant }).await?;
         Ok(id)
     }
 
@@ -539,7 +582,7 @@ impl Authz {
                 "role_subject": row.try_get::<Option<String>, _>("role_subject")?,
                 "role": row.try_get::<String, _>("role")?, "inherit": row.try_get::<bool, _>("inherit")? }, "after": null }));
         audit::record(tx, &record).await?;
-        notify::send(tx, &format!("authz:{tenant}")).await?;
+        notify::send(tx, &Change::Policy { tenant }).await?;
         Ok(())
     }
 
@@ -577,7 +620,7 @@ impl Authz {
                     .await?;
             }
         }
-        notify::send(tx, &format!("authz:{tenant}")).await?;
+        notify::send(tx, &Change::Policy { tenant }).await?;
         Ok(())
     }
 }

@@ -149,6 +149,7 @@ async fn authorized_parties_are_an_allow_list() {
     let db = db().await;
     let idp = LocalIssuer::start().await.unwrap();
     let oidc = Oidc::new(idp.discover().await.unwrap())
+        .without_audience_check()
         .authorized_parties(["https://app.example.com"])
         .claims(ClaimPreset::Clerk);
     let app = app_for(&db, oidc).await;
@@ -302,7 +303,7 @@ async fn users_are_provisioned_once_and_kept_in_sync() {
     assert_eq!(second["mfa"], false);
     let (count, email): (i64, String) =
         sqlx::query_as("SELECT count(*) OVER (), email FROM saas.users WHERE subject = 'auth0|42'")
-            .fetch_one(db.app())
+            .fetch_one(db.platform())
             .await
             .unwrap();
     assert_eq!((count, email.as_str()), (1, "new@example.com"));

@@ -4,6 +4,7 @@
 
 mod api_keys;
 mod fuzz;
+mod hardening;
 mod invitations;
 mod jwt;
 mod members;

@@ -66,7 +66,6 @@ async fn custom_roles_grants_and_escalation_in_the_database() {
     let owner = user(&db, "owner@acme.test", true).await;
     let admin = user(&db, "admin@acme.test", true).await;
     let dev = user(&db, "dev@acme.test", true).await;
-    let m = Memberships::new(db.app().clone());
     let model = Model::new([
         "project:read",
         "project:delete",
@@ -75,6 +74,8 @@ async fn custom_roles_grants_and_escalation_in_the_database() {
         "billing:manage",
     ])
     .unwrap();
+    // Custom roles are ranked with the model (without it they count as owner-level).
+    let m = Memberships::new(db.app().clone()).with_model(model.clone());
     let authz = Authz::new(db.app().clone(), model);
     let here = authz.clone();
     let mut tx = TenantTx::begin(db.app(), acme).await.unwrap();

@@ -17,6 +17,7 @@
 //! # let _ = layer;
 //! ```
 
+mod client_ip;
 mod memory;
 #[cfg(feature = "redis")]
 mod redis_store;
@@ -33,6 +34,7 @@ use http::request::Parts;
 use http::{Request, Response, StatusCode};
 use tower::{Layer, Service};
 
+pub use client_ip::{ClientIpLayer, ClientIpService, PeerAddr};
 pub use memory::MemoryStore;
 #[cfg(feature = "redis")]
 pub use redis_store::RedisStore;
@@ -140,7 +142,7 @@ pub fn by_tenant() -> impl KeyExtractor {
 /// Keys by the API key of the principal; requests not made with an API key are skipped.
 pub fn by_api_key() -> impl KeyExtractor {
     |p: &Parts| match p.extensions.get::<Principal>().map(|pr| &pr.method) {
-        Some(AuthMethod::ApiKey(k)) => Some(RateKey::ApiKey(*k)),
+        Some(AuthMethod::ApiKey(k) | AuthMethod::ServiceAccount(k)) => Some(RateKey::ApiKey(*k)),
         _ => None,
     }
 }
@@ -150,23 +152,47 @@ pub fn by_user() -> impl KeyExtractor {
     |p: &Parts| p.extensions.get::<Principal>().map(|pr| RateKey::User(pr.user_id))
 }
 
-/// The client's address, as a trusted layer (or the server) determined it.
+/// The client's address, as a trusted layer (or the server) determined it: see
+/// [`ClientIpLayer`], which takes it from `Forwarded`/`X-Forwarded-For` only when the peer
+/// is a configured proxy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientIp(pub IpAddr);
 
 /// Keys by the client address: a [`ClientIp`] extension, else (with the `axum` feature)
 /// the peer address from `ConnectInfo<SocketAddr>`. Never the raw `X-Forwarded-For`,
-/// which any client can forge.
+/// which any client can forge. IPv6 clients are bucketed by their /64 (one subscriber's
+/// network, which rotates addresses freely); see [`by_ip_prefix`].
 pub fn by_ip() -> impl KeyExtractor {
-    |p: &Parts| {
-        if let Some(ClientIp(ip)) = p.extensions.get::<ClientIp>() {
-            return Some(RateKey::Ip(*ip));
-        }
-        #[cfg(feature = "axum")]
-        if let Some(ci) = p.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>() {
-            return Some(RateKey::Ip(ci.0.ip()));
-        }
-        None
+    by_ip_prefix(64)
+}
+
+/// [`by_ip`] with IPv6 addresses bucketed by their first `v6_prefix` bits (1–128; 64 is
+/// a subscriber's network, 56 or 48 a whole site). IPv4 addresses are keyed whole.
+pub fn by_ip_prefix(v6_prefix: u8) -> impl KeyExtractor {
+    let v6_prefix = v6_prefix.clamp(1, 128);
+    move |p: &Parts| client_address(p).map(|ip| RateKey::Ip(bucket(ip, v6_prefix)))
+}
+
+/// The address a request came from: [`ClientIp`], else the connection's peer.
+pub(crate) fn client_address(p: &Parts) -> Option<IpAddr> {
+    if let Some(ClientIp(ip)) = p.extensions.get::<ClientIp>() {
+        return Some(*ip);
+    }
+    client_ip::peer(p)
+}
+
+/// `ip` with an IPv6 address cut to its first `v6_prefix` bits (IPv4-mapped addresses
+/// count as IPv4).
+fn bucket(ip: IpAddr, v6_prefix: u8) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mask = u128::MAX.checked_shl(u32::from(128 - v6_prefix)).unwrap_or(0);
+                IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & mask))
+            }
+        },
+        v4 => v4,
     }
 }
 

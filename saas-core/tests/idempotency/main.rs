@@ -60,6 +60,14 @@ async fn tenant_from_header(mut req: Request, next: Next) -> axum::response::Res
     {
         req.extensions_mut().insert(t);
     }
+    // The caller: `x-user`, or one fixed user (keys are scoped to the principal).
+    let user = req
+        .headers()
+        .get("x-user")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<saas_core::UserId>().ok())
+        .unwrap_or_else(|| saas_core::UserId::from_uuid(uuid::Uuid::from_u128(7)));
+    req.extensions_mut().insert(saas_core::Principal::user(user));
     next.run(req).await
 }
 
@@ -248,4 +256,69 @@ async fn an_abandoned_first_attempt_is_taken_over_after_its_lease() {
     assert_eq!(first.await.unwrap().0, 200);
     assert_eq!(retry.await.unwrap().0, 200);
     assert_eq!(s.counter.0.load(Ordering::SeqCst), 2);
+}
+
+async fn secret(State(c): State<Counter>) -> (StatusCode, [(&'static str, &'static str); 1], String) {
+    let n = c.0.fetch_add(1, Ordering::SeqCst) + 1;
+    (
+        StatusCode::CREATED,
+        [("cache-control", "no-store")],
+        format!("sk_live_secret{n}"),
+    )
+}
+
+fn secret_app(db: &TestDb, counter: &Counter, keyring: Option<saas_core::crypto::Keyring>) -> Router {
+    let mut layer = IdempotencyLayer::new(db.app().clone());
+    if let Some(k) = keyring {
+        layer = layer.keyring(k);
+    }
+    Router::new()
+        .route("/keys", post(secret))
+        .with_state(counter.clone())
+        .layer(layer)
+        .layer(middleware::from_fn(tenant_from_header))
+}
+
+async fn stored(db: &TestDb) -> Vec<(Option<Vec<u8>>, Option<String>, bool)> {
+    sqlx::query_as("SELECT body, sealed_body, withheld FROM saas.idempotency_keys")
+        .fetch_all(db.platform())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn secrets_are_replayed_sealed_with_a_keyring_and_withheld_without() {
+    use saas_core::crypto::Keyring;
+    let db = TestDb::new(&[&saas_core::MIGRATOR]).await.unwrap();
+    let t = TenantId::new();
+    // With a keyring: stored sealed, replayed to the same principal as it was.
+    let counter = Counter::default();
+    let keyring = Keyring::from_spec(&format!("k1:{}", Keyring::generate_key())).unwrap();
+    let app = secret_app(&db, &counter, Some(keyring));
+    let first = send(&app, "POST", "/keys", t, Some("k"), "").await;
+    let again = send(&app, "POST", "/keys", t, Some("k"), "").await;
+    assert_eq!((first.0, first.2.as_str()), (StatusCode::CREATED, "sk_live_secret1"));
+    assert_eq!((again.0, again.2.as_str()), (StatusCode::CREATED, "sk_live_secret1"));
+    assert_eq!(again.1["idempotent-replayed"], "true");
+    assert_eq!(counter.0.load(Ordering::SeqCst), 1);
+    let rows = stored(&db).await;
+    assert_eq!(rows.len(), 1);
+    assert!(rows[0].0.is_none(), "no clear body");
+    assert!(!rows[0].1.as_deref().unwrap().contains("sk_live"), "sealed");
+
+    // Without one: nothing of the response is kept; the retry is told to read the resource.
+    let counter = Counter::default();
+    let app = secret_app(&db, &counter, None);
+    let first = send(&app, "POST", "/keys", t, Some("k2"), "").await;
+    assert_eq!(first.2, "sk_live_secret1");
+    let again = send(&app, "POST", "/keys", t, Some("k2"), "").await;
+    assert_eq!(again.0, StatusCode::CONFLICT);
+    assert!(again.2.contains("idempotent-response-withheld"), "{}", again.2);
+    assert_eq!(counter.0.load(Ordering::SeqCst), 1, "not run twice");
+    assert!(
+        stored(&db)
+            .await
+            .iter()
+            .all(|r| r.0.as_deref().is_none_or(|b| !b.starts_with(b"sk_live")))
+    );
 }

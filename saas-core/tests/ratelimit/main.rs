@@ -207,3 +207,62 @@ async fn redis_down_follows_the_failure_policy() {
     assert_eq!(h["retry-after"], "1");
     assert!(!body.to_string().contains("127.0.0.1"), "{body}");
 }
+
+fn from_ip(ip: &str) -> Request<Body> {
+    let mut r = req(None, None);
+    r.extensions_mut().insert(ratelimit::ClientIp(ip.parse().unwrap()));
+    r
+}
+
+#[tokio::test]
+async fn an_ipv6_client_cannot_escape_its_limit_by_rotating_through_its_64() {
+    let app = app(
+        ratelimit::by_ip(),
+        Quota::per(2, Duration::from_secs(60)),
+        MemoryStore::new(),
+        FailurePolicy::FailOpen,
+    );
+    assert_eq!(status(&app, from_ip("2001:db8:1:2::1")).await.0, 200);
+    assert_eq!(status(&app, from_ip("2001:db8:1:2::2")).await.0, 200);
+    assert_eq!(
+        status(&app, from_ip("2001:db8:1:2:ffff:1:2:3")).await.0,
+        429,
+        "a new address in the same /64 got a fresh allowance"
+    );
+    // Another /64 is another client; IPv4 addresses are whole.
+    assert_eq!(status(&app, from_ip("2001:db8:1:3::1")).await.0, 200);
+    assert_eq!(status(&app, from_ip("198.51.100.1")).await.0, 200);
+    assert_eq!(status(&app, from_ip("198.51.100.2")).await.0, 200);
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_each_client_has_its_own_limit_and_others_cannot_forge_one() {
+    use saas_core::ratelimit::{ClientIpLayer, PeerAddr};
+    let app = Router::new().route("/", get(|| async { "ok" })).layer(
+        ServiceBuilder::new()
+            .layer(ProblemLayer::new())
+            .layer(ClientIpLayer::trusting(["10.0.0.0/8".parse().unwrap()]))
+            .layer(RateLimitLayer::new(
+                ratelimit::by_ip(),
+                Quota::per(2, Duration::from_secs(60)),
+                MemoryStore::new(),
+            )),
+    );
+    let via = |peer: &str, xff: &str| {
+        let mut r = req(None, None);
+        r.extensions_mut().insert(PeerAddr(peer.parse().unwrap()));
+        r.headers_mut().insert("x-forwarded-for", xff.parse().unwrap());
+        r
+    };
+    // Two clients behind the balancer do not share its address's allowance.
+    for _ in 0..2 {
+        assert_eq!(status(&app, via("10.0.0.1:443", "203.0.113.5")).await.0, 200);
+    }
+    assert_eq!(status(&app, via("10.0.0.1:443", "203.0.113.5")).await.0, 429);
+    assert_eq!(status(&app, via("10.0.0.2:443", "203.0.113.6")).await.0, 200);
+    // A client that is not the balancer cannot pick its address with the header.
+    for (i, expected) in [(1, 200), (2, 200), (3, 429)] {
+        let forged = format!("192.0.2.{i}");
+        assert_eq!(status(&app, via("198.51.100.7:5000", &forged)).await.0, expected);
+    }
+}

@@ -218,6 +218,10 @@ fn client(policy: &Arc<SsrfPolicy>, timeout: Duration) -> reqwest::Client {
         .dns_resolver(Arc::new(GuardedResolver {
             policy: Arc::clone(policy),
         }))
+        // The environment's proxy (HTTP_PROXY, ALL_PROXY) would resolve and connect on our
+        // behalf: the guard would only ever see the proxy, and internal hosts would be
+        // reachable through it.
+        .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(timeout)
         .connect_timeout(Duration::from_secs(5))

@@ -54,18 +54,39 @@ pub fn forbidden(ip: IpAddr) -> bool {
                 || o[0] >= 240 // reserved
         }
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
+            if v6.is_loopback() || v6.is_unspecified() {
+                return true;
+            }
+            // Forms that carry an IPv4 address: judged by the address they carry.
+            if let Some(v4) = embedded_ipv4(v6) {
                 return forbidden(IpAddr::V4(v4));
             }
             let s = v6.segments();
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
+            v6.is_multicast()
                 || (s[0] & 0xfe00) == 0xfc00 // unique local fc00::/7 (incl. fd00:ec2::254)
                 || (s[0] & 0xffc0) == 0xfe80 // link-local
+                || (s[0] & 0xffc0) == 0xfec0 // site-local fec0::/10 (deprecated, still routed inside some networks)
                 || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
-                || (s[0] == 0x64 && s[1] == 0xff9b) // NAT64 into IPv4
+                || (s[0] == 0x64 && s[1] == 0xff9b) // NAT64 local-use prefixes (64:ff9b:1::/48)
         }
+    }
+}
+
+/// The IPv4 address inside an IPv6 one: IPv4-mapped `::ffff:0:0/96`, IPv4-translated
+/// `::ffff:0:0:0/96`, IPv4-compatible `::/96`, 6to4 `2002::/16` and NAT64 `64:ff9b::/96`.
+fn embedded_ipv4(v6: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return Some(v4);
+    }
+    let s = v6.segments();
+    let v4 = |hi: u16, lo: u16| std::net::Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
+    match s {
+        [0, 0, 0, 0, 0, 0, hi, lo] => Some(v4(hi, lo)),
+        // IPv4-translated (SIIT) ::ffff:0:0:0/96.
+        [0, 0, 0, 0, 0xffff, 0, hi, lo] => Some(v4(hi, lo)),
+        [0x2002, hi, lo, ..] => Some(v4(hi, lo)),
+        [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] => Some(v4(hi, lo)),
+        _ => None,
     }
 }
 
@@ -141,10 +162,30 @@ mod tests {
             "::ffff:127.0.0.1",
             "::ffff:169.254.169.254",
             "64:ff9b::a9fe:a9fe",
+            // IPv4-compatible, 6to4, NAT64 and site-local forms of internal addresses.
+            "::127.0.0.1",
+            "::10.0.0.1",
+            "::ffff:0:a00:1",
+            "2002:7f00:1::",
+            "2002:a9fe:a9fe::1",
+            "2002:c0a8:101::",
+            "64:ff9b::7f00:1",
+            "64:ff9b::10.1.2.3",
+            "64:ff9b:1::1",
+            "fec0::1",
+            "fefe::1",
         ] {
             assert!(forbidden(bad.parse().unwrap()), "{bad}");
         }
-        for good in ["93.184.216.34", "1.1.1.1", "2606:4700:4700::1111", "8.8.8.8"] {
+        for good in [
+            "93.184.216.34",
+            "1.1.1.1",
+            "2606:4700:4700::1111",
+            "8.8.8.8",
+            "2002:5db8:d822::1", // 6to4 of a public address
+            "64:ff9b::808:808",  // NAT64 of a public address
+            "::808:808",         // IPv4-compatible form of a public address
+        ] {
             assert!(!forbidden(good.parse().unwrap()), "{good}");
         }
         let dev = SsrfPolicy::public_only().allow("127.0.0.1/32".parse().unwrap());

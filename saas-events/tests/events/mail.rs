@@ -127,7 +127,11 @@ async fn emails_are_outbox_jobs_sent_over_smtp_and_never_for_a_rollback() {
         .unwrap();
     let jobs = saas_events::Jobs::new(p);
     assert!(
-        until(Duration::from_secs(10), async || jobs.state(rejected).await.unwrap().0
+        until(Duration::from_secs(10), async || jobs
+            .state(Some(t), rejected)
+            .await
+            .unwrap()
+            .0
             == "dead")
         .await
     );

@@ -257,17 +257,25 @@ async fn retries_back_off_then_dead_letter_and_replay() {
         .unwrap();
     let jobs = Jobs::new(p.clone());
     assert!(
-        until(Duration::from_secs(10), async || jobs.state(flaky).await.unwrap().0
+        until(Duration::from_secs(10), async || jobs
+            .state(Some(t), flaky)
+            .await
+            .unwrap()
+            .0
             == "done")
         .await
     );
     assert!(
-        until(Duration::from_secs(10), async || jobs.state(doomed).await.unwrap().0
+        until(Duration::from_secs(10), async || jobs
+            .state(Some(t), doomed)
+            .await
+            .unwrap()
+            .0
             == "dead")
         .await
     );
     assert_eq!(
-        jobs.state(fatal).await.unwrap(),
+        jobs.state(Some(t), fatal).await.unwrap(),
         ("dead".to_owned(), 1),
         "fatal: dead at the first attempt"
     );
@@ -290,14 +298,18 @@ async fn retries_back_off_then_dead_letter_and_replay() {
     );
     // Fix the cause, replay: it runs again and succeeds.
     healed.store(true, Ordering::SeqCst);
-    jobs.replay(doomed).await.unwrap();
+    jobs.replay(Some(t), doomed).await.unwrap();
     assert!(
-        until(Duration::from_secs(10), async || jobs.state(doomed).await.unwrap().0
+        until(Duration::from_secs(10), async || jobs
+            .state(Some(t), doomed)
+            .await
+            .unwrap()
+            .0
             == "done")
         .await
     );
     assert!(matches!(
-        jobs.replay(doomed).await,
+        jobs.replay(Some(t), doomed).await,
         Err(saas_events::JobsError::NotFound)
     ));
     worker.shutdown(Duration::from_secs(1)).await;
@@ -541,18 +553,22 @@ async fn graceful_shutdown_finishes_or_hands_back_and_schedules_fire_once() {
         .unwrap();
     let jobs = Jobs::new(p.clone());
     assert!(
-        until(Duration::from_secs(5), async || jobs.state(slow).await.unwrap().0
+        until(Duration::from_secs(5), async || jobs
+            .state(Some(t), slow)
+            .await
+            .unwrap()
+            .0
             == "running")
         .await
     );
     h.shutdown(Duration::from_millis(500)).await;
     assert_eq!(
-        jobs.state(quick).await.unwrap().0,
+        jobs.state(Some(t), quick).await.unwrap().0,
         "done",
         "in-flight work within the grace finishes"
     );
     assert_eq!(
-        jobs.state(slow).await.unwrap(),
+        jobs.state(Some(t), slow).await.unwrap(),
         ("pending".to_owned(), 0),
         "the rest is handed back, attempt not counted"
     );
@@ -668,4 +684,138 @@ async fn readiness_reports_a_stalled_worker() {
     );
     h.shutdown(Duration::from_secs(1)).await;
     assert!(beats.check().await.ok, "a worker that stopped on purpose is forgotten");
+}
+
+/// A handler that panics is a failed attempt: retried, then dead-lettered with the panic's
+/// message; the loop lives on and runs the other jobs.
+#[tokio::test]
+async fn a_panicking_handler_is_a_failed_attempt_not_a_dead_worker() {
+    let db = db().await;
+    let t = TenantId::new();
+    let p = platform(&db, 4).await;
+    let ran = Arc::new(AtomicU32::new(0));
+    let r = Arc::clone(&ran);
+    let h = Worker::builder(p.clone())
+        .poll_interval(Duration::from_millis(50))
+        .backoff(fast())
+        .handle(move |_ctx: JobContext, e: Ping| {
+            let r = Arc::clone(&r);
+            async move {
+                if e.key == "boom" {
+                    panic!("the handler exploded on {}", e.n);
+                }
+                r.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    let mut tx = TenantTx::begin(db.app(), t).await.unwrap();
+    let boom = publish_with(
+        &mut tx,
+        &Ping {
+            n: 7,
+            key: "boom".into(),
+        },
+        &Publish::new().max_attempts(3),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    tx.commit().await.unwrap();
+    let jobs = Jobs::new(p);
+    assert!(
+        until(Duration::from_secs(10), async || jobs
+            .state(Some(t), boom)
+            .await
+            .unwrap()
+            .0
+            == "dead")
+        .await,
+        "the panicking job was not dead-lettered"
+    );
+    assert_eq!(jobs.state(Some(t), boom).await.unwrap().1, 3, "three attempts");
+    let dead = jobs.dead("default", 10).await.unwrap();
+    assert!(
+        dead[0]
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("panicked") && e.contains("exploded on 7")),
+        "{dead:?}"
+    );
+    // The same loop still works.
+    let mut tx = TenantTx::begin(db.app(), t).await.unwrap();
+    publish(
+        &mut tx,
+        &Ping {
+            n: 8,
+            key: String::new(),
+        },
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert!(until(Duration::from_secs(5), async || ran.load(Ordering::SeqCst) == 1).await);
+    h.shutdown(Duration::from_secs(1)).await;
+}
+
+/// A handler that never finishes loses its attempt at the job timeout; the others in its
+/// batch are recorded, and the job is retried (here it then succeeds).
+#[tokio::test]
+async fn a_handler_blocking_past_its_time_fails_the_attempt_and_the_batch_goes_on() {
+    let db = db().await;
+    let t = TenantId::new();
+    let p = platform(&db, 4).await;
+    let h = Worker::builder(p.clone())
+        .poll_interval(Duration::from_millis(50))
+        .visibility_timeout(Duration::from_secs(1))
+        .job_timeout(Duration::from_millis(500))
+        .backoff(fast())
+        .handle(move |ctx: JobContext, e: Ping| async move {
+            if e.key == "stuck" && ctx.attempt() == 1 {
+                std::future::pending::<()>().await;
+            }
+            Ok(())
+        })
+        .start()
+        .await
+        .unwrap();
+    let mut tx = TenantTx::begin(db.app(), t).await.unwrap();
+    let stuck = publish(
+        &mut tx,
+        &Ping {
+            n: 1,
+            key: "stuck".into(),
+        },
+    )
+    .await
+    .unwrap();
+    let quick = publish(
+        &mut tx,
+        &Ping {
+            n: 2,
+            key: String::new(),
+        },
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let jobs = Jobs::new(p);
+    assert!(
+        until(Duration::from_secs(10), async || jobs
+            .state(Some(t), stuck)
+            .await
+            .unwrap()
+            .0
+            == "done")
+        .await
+    );
+    assert_eq!(jobs.state(Some(t), quick).await.unwrap(), ("done".to_owned(), 1));
+    assert_eq!(
+        jobs.state(Some(t), stuck).await.unwrap(),
+        ("done".to_owned(), 2),
+        "timed out once, then done"
+    );
+    h.shutdown(Duration::from_secs(1)).await;
 }

@@ -517,3 +517,36 @@ async fn imports_an_unleash_payload_all_or_nothing() {
     let export = admin.export_unleash("production").await.unwrap();
     assert_eq!(export.features.len(), 2);
 }
+
+/// Counts the connections to the test database that are listening (as the server's
+/// administrator: the test roles cannot see other roles' sessions).
+async fn listeners(db: &saas_core::testkit::TestDb) -> i64 {
+    let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| saas_core::testkit::DEFAULT_DATABASE_URL.to_owned());
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await.unwrap();
+    sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND query LIKE 'LISTEN%'")
+        .bind(db.name())
+        .fetch_one(&mut admin)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn dropping_the_store_releases_its_listeners_connection_at_once() {
+    let db = db().await;
+    let store = FlagStore::load(db.app(), "production").await.unwrap();
+    let started = Instant::now();
+    while listeners(&db).await != 1 {
+        assert!(started.elapsed() < Duration::from_secs(2), "the store listens");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // No change is made: the store's going away alone must close the connection.
+    drop(store);
+    let started = Instant::now();
+    while listeners(&db).await != 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the dropped store's listener kept its connection"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
