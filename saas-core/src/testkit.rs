@@ -212,6 +212,19 @@ impl TestDb {
     pub fn name(&self) -> &str {
         &self.name
     }
+
+    /// How many connections to this database are listening (`LISTEN`) right now, as the
+    /// administrator sees them (the test roles cannot see each other's sessions): for
+    /// tests that a listener ends with its owner.
+    pub async fn listening_connections(&self) -> Result<i64, TestDbError> {
+        let mut conn = PgConnection::connect_with(&self.admin).await?;
+        let n = sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND query LIKE 'LISTEN%'")
+            .bind(&self.name)
+            .fetch_one(&mut conn)
+            .await?;
+        conn.close().await?;
+        Ok(n)
+    }
     /// A pool connected as the owner role (DDL, fixtures, tampering in tests).
     pub fn owner(&self) -> &PgPool {
         &self.owner

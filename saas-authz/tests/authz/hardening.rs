@@ -63,16 +63,8 @@ async fn a_change_during_the_first_load_is_not_lost() {
     );
 }
 
-/// Counts the connections to the test database that are listening (seen by the server's
-/// administrator: other roles' sessions are hidden from the test roles).
 async fn listeners(db: &saas_core::testkit::TestDb) -> i64 {
-    let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| saas_core::testkit::DEFAULT_DATABASE_URL.to_owned());
-    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await.unwrap();
-    sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND query LIKE 'LISTEN%'")
-        .bind(db.name())
-        .fetch_one(&mut admin)
-        .await
-        .unwrap()
+    db.listening_connections().await.unwrap()
 }
 
 async fn settles(db: &saas_core::testkit::TestDb, expected: i64) -> bool {

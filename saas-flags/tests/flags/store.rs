@@ -518,16 +518,8 @@ async fn imports_an_unleash_payload_all_or_nothing() {
     assert_eq!(export.features.len(), 2);
 }
 
-/// Counts the connections to the test database that are listening (as the server's
-/// administrator: the test roles cannot see other roles' sessions).
 async fn listeners(db: &saas_core::testkit::TestDb) -> i64 {
-    let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| saas_core::testkit::DEFAULT_DATABASE_URL.to_owned());
-    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await.unwrap();
-    sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND query LIKE 'LISTEN%'")
-        .bind(db.name())
-        .fetch_one(&mut admin)
-        .await
-        .unwrap()
+    db.listening_connections().await.unwrap()
 }
 
 #[tokio::test]
