@@ -3,7 +3,10 @@
 //! five roles per tenant with some inheritance, 1,024 fixed-seed checks (allowed and
 //! denied) cycled through. Before casbin is measured, the engines are checked to agree (10,000 queries at
 //! 1k rules, 2,000 at 10k, 1,100 at 100k: each casbin cache miss is a full evaluation).
-//! `RBAC_SIZES=1k,10k` limits the sizes run; `RBAC_ALONE=1` runs saas-authz without casbin.
+//! `hash_probe` is the floor a check cannot beat: one foldhash probe of (tenant, user) → a
+//! permission mask and a bit test, over the same queries.
+//! `RBAC_SIZES=1k,10k` limits the sizes run; `RBAC_ALONE=1` runs saas-authz (and the
+//! probe) without casbin.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../tests/authz/workload.rs"]
@@ -52,6 +55,34 @@ fn bench(c: &mut Criterion) {
                     perms[q.permission],
                     None,
                 ))
+            })
+        });
+        // The physical floor: one foldhash probe of (tenant, user) → a 64-bit permission
+        // mask and a bit test, over the same queries (every user's mask in a std HashMap).
+        let masks: std::collections::HashMap<(u128, u128), u64, foldhash::fast::FixedState> = w
+            .users
+            .iter()
+            .map(|(user, tenant, _)| {
+                let key = (w.tenants[*tenant].as_uuid().as_u128(), user.as_uuid().as_u128());
+                (key, 0x5555_5555_5555_5555u64 ^ key.1 as u64)
+            })
+            .collect();
+        let probes: Vec<((u128, u128), u32)> = queries
+            .iter()
+            .map(|q| {
+                let key = (
+                    w.tenants[q.tenant].as_uuid().as_u128(),
+                    principals[q.user].user_id.as_uuid().as_u128(),
+                );
+                (key, (q.permission % 64) as u32)
+            })
+            .collect();
+        let mut i = 0usize;
+        group.bench_function(BenchmarkId::new("hash_probe", label), |b| {
+            b.iter(|| {
+                let (key, bit) = probes[i & 1023];
+                i = i.wrapping_add(1);
+                black_box(masks.get(black_box(&key)).is_some_and(|m| m & (1 << bit) != 0))
             })
         });
         if std::env::var("RBAC_ALONE").is_ok() {

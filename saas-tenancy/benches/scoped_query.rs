@@ -7,6 +7,11 @@
 //! cargo bench -p saas-tenancy --bench scoped_query
 //! ```
 //!
+//! First it prints `tenant_query_ratio=<median> min=<lo> max=<hi>`: `tenant_tx` over
+//! `plain_tx_where`, alternated call by call inside one loop, the ratio of medians per
+//! repetition (`TENANT_QUERY_REPS`, default 7, of `TENANT_QUERY_PAIRS` pairs, default
+//! 3,000) with its spread. The criterion groups follow.
+//!
 //! Round trips per iteration: `tenant_tx` 3 (`BEGIN; set_config` as one message, the
 //! select, `COMMIT`), `plain_tx_where` 3 (`BEGIN`, the select, `COMMIT`); both on pools
 //! with the same options. The release reset of `saas_tenancy::pool_options` (one more
@@ -174,6 +179,54 @@ fn bench(c: &mut Criterion) {
     });
     g.finish();
 
+    // The ratio a sceptic can trust: A and B alternate inside one loop (same pools, same
+    // moment), each call timed on its own; per repetition the ratio of the two medians;
+    // reported as the median of the repetitions with their spread.
+    let reps: usize = std::env::var("TENANT_QUERY_REPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(7);
+    let per_rep: usize = std::env::var("TENANT_QUERY_PAIRS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3000);
+    let ratios = rt.block_on(async {
+        let mut ratios = Vec::with_capacity(reps);
+        for _ in 0..reps {
+            let (mut a, mut b) = (Vec::with_capacity(per_rep), Vec::with_capacity(per_rep));
+            for i in 0..per_rep {
+                let (t, id) = pick(&s.keys);
+                let (t2, id2) = pick(&s.keys);
+                // Alternate which goes first, so neither always follows the other.
+                if i % 2 == 0 {
+                    let start = Instant::now();
+                    scoped(&s.scoped, "items", t, id).await;
+                    a.push(start.elapsed());
+                    let start = Instant::now();
+                    plain(&s.plain, t2, id2).await;
+                    b.push(start.elapsed());
+                } else {
+                    let start = Instant::now();
+                    plain(&s.plain, t2, id2).await;
+                    b.push(start.elapsed());
+                    let start = Instant::now();
+                    scoped(&s.scoped, "items", t, id).await;
+                    a.push(start.elapsed());
+                }
+            }
+            ratios.push(median(&mut a).as_secs_f64() / median(&mut b).as_secs_f64());
+        }
+        ratios
+    });
+    let mut sorted = ratios.clone();
+    sorted.sort_by(f64::total_cmp);
+    println!(
+        "tenant_query_ratio={:.3} min={:.3} max={:.3} reps={reps} pairs_per_rep={per_rep}",
+        sorted[sorted.len() / 2],
+        sorted[0],
+        sorted[sorted.len() - 1]
+    );
+
     // The pool's safety net clears `app.tenant_id` when a connection is released: one
     // more round trip, after the response. With one connection per pool the next
     // checkout waits for it, so here it is counted in full.
@@ -203,6 +256,11 @@ fn bench(c: &mut Criterion) {
         });
     }
     g.finish();
+}
+
+fn median(samples: &mut [Duration]) -> Duration {
+    samples.sort_unstable();
+    samples[samples.len() / 2]
 }
 
 criterion_group! {

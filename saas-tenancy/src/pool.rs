@@ -12,13 +12,14 @@ use crate::error::TenancyError;
 /// Built on [`saas_core::db::pool_options`]: no per-checkout ping (a round trip per
 /// request, about 20% of a one-query request, measured), `max_lifetime` and error
 /// handling instead. As a safety net, a connection returned to the pool has
-/// `app.tenant_id` cleared at session level, so that even code that set it outside a
-/// [`TenantTx`](crate::TenantTx) cannot leave a tenant behind. [`TenantTx`](crate::TenantTx)
-/// itself only ever sets it transaction-locally.
+/// `app.tenant_id` and `app.user_id` cleared at session level, so that even code that set
+/// them outside a [`TenantTx`](crate::TenantTx) cannot leave a tenant or a user behind.
+/// [`TenantTx`](crate::TenantTx) itself only ever sets them transaction-locally.
 pub fn pool_options() -> PgPoolOptions {
     saas_core::db::pool_options().after_release(|conn, _meta| {
         Box::pin(async move {
-            conn.execute("SELECT set_config('app.tenant_id', '', false)").await?;
+            conn.execute("SELECT set_config('app.tenant_id', '', false), set_config('app.user_id', '', false)")
+                .await?;
             Ok(true)
         })
     })

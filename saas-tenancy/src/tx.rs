@@ -225,8 +225,7 @@ mod tests {
         let t = TenantId::from_uuid(uuid_nil());
         assert_eq!(
             begin_statement("BEGIN", t, None),
-            "BEGIN; SELECT set_config('app.tenant_id', '00000000-0000-0000-0000-000000000000', true), \
-             set_config('app.user_id', '', true)"
+            "BEGIN; SELECT set_config('app.tenant_id', '00000000-0000-0000-0000-000000000000', true)"
         );
         let u = UserId::from_uuid(uuid_nil());
         assert!(
