@@ -4,7 +4,9 @@
 //! Both engines get the same Unleash client payload; each case evaluates one flag for 16
 //! contexts in turn, through each engine's shared-state API (an atomic load of the
 //! current set, a name lookup, the evaluation). The engines are first checked to agree
-//! on every case and context.
+//! on every case and context. `no_strategy/hash_probe` is the floor: a bare hash-map
+//! probe by flag name; `no_strategy/saas_flags_request_snapshot` evaluates on a snapshot
+//! held for the request, as the `Flags` extractor does.
 //!
 //! ```text
 //! cargo bench -p saas-flags --bench eval
@@ -89,6 +91,22 @@ fn flag_eval(c: &mut Criterion) {
     }
 
     let mut group = c.benchmark_group("flag_eval");
+    // The floor for a flag without strategies: one probe of a hash map by flag name
+    // (foldhash), returning a stored bool.
+    let bare: HashMap<String, bool, foldhash::fast::FixedState> =
+        CASES.iter().map(|n| ((*n).to_owned(), true)).collect();
+    group.bench_function("no_strategy/hash_probe", |b| {
+        b.iter(|| usize::from(bare.get(black_box("no_strategy")).copied().unwrap_or(false)))
+    });
+    // What a request pays: its `Flags` handle holds one snapshot for all its evaluations.
+    let snapshot = ours.snapshot();
+    group.bench_function("no_strategy/saas_flags_request_snapshot", |b| {
+        let mut i = 0usize;
+        b.iter(|| {
+            i = (i + 1) & 15;
+            usize::from(snapshot.is_enabled(black_box("no_strategy"), &our_ctx[i]))
+        })
+    });
     for name in CASES {
         let variants = name == "variants";
         group.bench_function(format!("{name}/saas_flags"), |b| {
@@ -97,7 +115,7 @@ fn flag_eval(c: &mut Criterion) {
                 i = (i + 1) & 15;
                 let ctx = &our_ctx[i];
                 if variants {
-                    black_box(ours.load().variant(black_box(name), ctx).name.len())
+                    black_box(ours.with_current(|set| set.variant(black_box(name), ctx).name.len()))
                 } else {
                     usize::from(ours.is_enabled(black_box(name), ctx))
                 }
