@@ -63,6 +63,7 @@ pub enum TestDbError {
 pub struct TestDb {
     name: String,
     admin: PgConnectOptions,
+    owner_options: PgConnectOptions,
     owner: PgPool,
     app: PgPool,
     platform: PgPool,
@@ -194,7 +195,8 @@ impl TestDb {
                 .test_before_acquire(false)
         };
         let db = Self {
-            owner: pool(3).connect_lazy_with(owner_options),
+            owner: pool(3).connect_lazy_with(owner_options.clone()),
+            owner_options,
             app: pool(8).connect_lazy_with(app_options.clone()),
             platform: pool(3).connect_lazy_with(platform_options.clone()),
             app_options,
@@ -238,6 +240,12 @@ impl TestDb {
     pub fn platform(&self) -> &PgPool {
         &self.platform
     }
+    /// Connection options for the owner role (for pools a test or bench builds itself, such
+    /// as a peer job queue that creates its own schema).
+    pub fn owner_options(&self) -> PgConnectOptions {
+        self.owner_options.clone()
+    }
+
     /// Connection options for the application role (for pools a test builds itself).
     pub fn app_options(&self) -> PgConnectOptions {
         self.app_options.clone()

@@ -1,17 +1,21 @@
 //! End-to-end throughput: enqueue and process 50,000 no-op jobs with 2 workers against
 //! the local PostgreSQL (first enqueue to last completion recorded in the database), for
-//! saas-events and, in the same run, apalis 1 on apalis-postgres — with its defaults and
-//! tuned to fetch 100 jobs at a time. Each system gets a fresh database; connections use
-//! `sslmode=disable` (the test kit's default URL).
+//! saas-events and, in the same run, its peers each configured as its documentation
+//! recommends for throughput: apalis 1 on apalis-postgres with its defaults and tuned
+//! (fetching 100 jobs at a time, 100 handlers at once per worker), and graphile_worker
+//! 0.14 (local queue of 100, completions batched every 5 ms, concurrency 100). Each system
+//! gets a fresh database; every connection is plain TCP (`sslmode=disable`, the test kit's
+//! default URL).
 //!
 //! ```text
 //! cargo bench -p saas-events --bench throughput
 //! ```
 //!
 //! Prints each run and, last, one line:
-//! `saas_events_jobs_per_s=<x> apalis_default_jobs_per_s=<y> apalis_tuned_jobs_per_s=<z> ratio_tuned=<x/z>`.
+//! `saas_events_jobs_per_s=<x> best_peer=<name> best_peer_jobs_per_s=<y> ratio=<x/y>` followed
+//! by every peer's `<name>_jobs_per_s=<rate>`.
 //! saas-events runs with its defaults (200 jobs per claim); `BATCH=<n>` changes that,
-//! `JOBS=<n>` the job count, and `APALIS=0` measures saas-events alone.
+//! `JOBS=<n>` the job count, and `APALIS=0` measures saas-events alone (no peers).
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
@@ -120,7 +124,7 @@ async fn apalis_noop(_n: u32) -> Result<(), apalis::prelude::BoxDynError> {
     Ok(())
 }
 
-async fn apalis(jobs: usize, batch: Option<usize>) -> f64 {
+async fn apalis(jobs: usize, batch: Option<usize>, concurrency: Option<usize>) -> f64 {
     use apalis::prelude::*;
     use apalis_postgres::{Config, PostgresStorage};
 
@@ -132,26 +136,41 @@ async fn apalis(jobs: usize, batch: Option<usize>) -> f64 {
         Some(b) => Config::default().batch_size(b),
         None => Config::default(),
     };
-    let label = match batch {
-        Some(b) => format!("apalis (batch {b})"),
-        None => "apalis (defaults)".to_owned(),
+    let label = match (batch, concurrency) {
+        (Some(b), Some(c)) => format!("apalis (batch {b}, concurrency {c}, pubsub)"),
+        (Some(b), None) => format!("apalis (batch {b})"),
+        _ => "apalis (defaults)".to_owned(),
     };
     let mut backend: PostgresStorage<u32> = PostgresStorage::new(&pool).with_config(config);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut runs = Vec::new();
     for i in 0..2 {
-        let worker = WorkerBuilder::new(format!("bench-{i}"))
-            .backend(backend.clone())
-            .build(apalis_noop);
         let mut stop = stop_rx.clone();
-        runs.push(tokio::spawn(async move {
-            let _ = worker
-                .run_until(async move {
-                    let _ = stop.changed().await;
-                    Ok::<(), std::io::Error>(())
+        let until = async move {
+            let _ = stop.changed().await;
+            Ok::<(), std::io::Error>(())
+        };
+        runs.push(match concurrency {
+            // Tuned: woken by its LISTEN/NOTIFY listener when jobs arrive (otherwise an
+            // idle worker parks until its next heartbeat, 30 s), 100 handlers at once.
+            Some(c) => {
+                let worker = WorkerBuilder::new(format!("bench-{i}"))
+                    .backend(backend.clone().with_pubsub())
+                    .concurrency(c)
+                    .build(apalis_noop);
+                tokio::spawn(async move {
+                    let _ = worker.run_until(until).await;
                 })
-                .await;
-        }));
+            }
+            None => {
+                let worker = WorkerBuilder::new(format!("bench-{i}"))
+                    .backend(backend.clone())
+                    .build(apalis_noop);
+                tokio::spawn(async move {
+                    let _ = worker.run_until(until).await;
+                })
+            }
+        });
     }
     let started = Instant::now();
     let mut n = 0u32;
@@ -184,6 +203,95 @@ async fn apalis(jobs: usize, batch: Option<usize>) -> f64 {
     rate
 }
 
+static GRAPHILE_COUNT: AtomicU64 = AtomicU64::new(0);
+
+#[derive(Clone, Serialize, Deserialize)]
+struct GraphileNoop {
+    n: u32,
+}
+
+impl graphile_worker::TaskHandler for GraphileNoop {
+    const IDENTIFIER: &'static str = "bench_noop";
+    async fn run(self, _ctx: graphile_worker::WorkerContext) -> impl graphile_worker::IntoTaskHandlerResult {
+        GRAPHILE_COUNT.fetch_add(1, Ordering::Relaxed);
+        Ok::<(), String>(())
+    }
+}
+
+/// graphile_worker configured for throughput as its documentation describes: a local
+/// queue fetching 100 jobs per round trip, completions batched every 5 ms, concurrency 100
+/// per worker, plain TCP.
+async fn graphile(jobs: usize) -> f64 {
+    use graphile_worker::{JobSpec, LocalQueueConfig, WorkerOptions};
+
+    let db = TestDb::new(&[&saas_core::MIGRATOR]).await.unwrap();
+    GRAPHILE_COUNT.store(0, Ordering::SeqCst);
+    let mut workers = Vec::new();
+    for _ in 0..2 {
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .connect_with(db.owner_options())
+            .await
+            .unwrap();
+        let worker = WorkerOptions::default()
+            .pg_pool(pool)
+            .schema("graphile_worker")
+            .concurrency(100)
+            .local_queue(LocalQueueConfig::default().with_size(100))
+            .complete_job_batch_delay(Duration::from_millis(5))
+            .define_job::<GraphileNoop>()
+            .init()
+            .await
+            .unwrap();
+        workers.push(Arc::new(worker));
+    }
+    let utils = workers[0].create_utils();
+    let runs: Vec<_> = workers
+        .iter()
+        .map(|w| {
+            let w = Arc::clone(w);
+            tokio::spawn(async move {
+                let _ = w.run().await;
+            })
+        })
+        .collect();
+    let spec = JobSpec::default();
+    let started = Instant::now();
+    let mut n = 0u32;
+    while (n as usize) < jobs {
+        let take = CHUNK.min(jobs - n as usize) as u32;
+        let batch: Vec<(GraphileNoop, &JobSpec)> = (n..n + take).map(|i| (GraphileNoop { n: i }, &spec)).collect();
+        n += take;
+        utils.add_jobs(&batch).await.unwrap();
+    }
+    let enqueued = started.elapsed();
+    wait_for(Duration::from_secs(600), async || {
+        GRAPHILE_COUNT.load(Ordering::Relaxed) >= jobs as u64
+    })
+    .await;
+    let pool = db.owner().clone();
+    wait_for(Duration::from_secs(60), async || {
+        let open: i64 = sqlx::query_scalar("SELECT count(*) FROM graphile_worker._private_jobs")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        open == 0
+    })
+    .await;
+    let elapsed = started.elapsed();
+    for w in &workers {
+        w.request_shutdown();
+    }
+    for r in runs {
+        let _ = tokio::time::timeout(Duration::from_secs(10), r).await;
+    }
+    let rate = jobs as f64 / elapsed.as_secs_f64();
+    println!(
+        "graphile_worker (local queue 100, batch completion 5 ms, concurrency 100): {jobs} jobs in {elapsed:.2?} (enqueued in {enqueued:.2?}) = {rate:.0} jobs/s"
+    );
+    rate
+}
+
 fn main() {
     // `cargo test --benches` runs benches with `--bench`-less args; keep that quick.
     if std::env::args().any(|a| a == "--test")
@@ -206,11 +314,21 @@ fn main() {
             println!("saas_events_jobs_per_s={ours:.0} (apalis skipped: APALIS=0)");
             return;
         }
-        let default = apalis(jobs, None).await;
-        let tuned = apalis(jobs, Some(100)).await;
+        let peers = [
+            ("apalis_default", apalis(jobs, None, None).await),
+            ("apalis_tuned", apalis(jobs, Some(100), Some(100)).await),
+            ("graphile_worker", graphile(jobs).await),
+        ];
+        let (best, best_rate) = peers
+            .iter()
+            .copied()
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .unwrap_or(("none", f64::NAN));
+        let each: Vec<String> = peers.iter().map(|(n, r)| format!("{n}_jobs_per_s={r:.0}")).collect();
         println!(
-            "saas_events_jobs_per_s={ours:.0} apalis_default_jobs_per_s={default:.0} apalis_tuned_jobs_per_s={tuned:.0} ratio_tuned={:.2}",
-            ours / tuned
+            "saas_events_jobs_per_s={ours:.0} best_peer={best} best_peer_jobs_per_s={best_rate:.0} ratio={:.2} {}",
+            ours / best_rate,
+            each.join(" ")
         );
     });
 }

@@ -453,17 +453,19 @@ struct Claimed {
     run_at: DateTime<Utc>,
 }
 
-/// Finished jobs waiting to be recorded by the next claim: (id, tenant key) pairs.
+/// Jobs named by what is unique, (id, tenant key): the ids (which drive the index scan)
+/// and the pairs as `id‖tenant_key` text, compared in the same statement. (A join with
+/// `unnest` of two arrays was measured at half the throughput.)
 #[derive(Debug, Default)]
 struct Finished {
     ids: Vec<Uuid>,
-    tenant_keys: Vec<Uuid>,
+    pairs: Vec<String>,
 }
 
 impl Finished {
     fn push(&mut self, (id, tenant_key): (Uuid, Uuid)) {
         self.ids.push(id);
-        self.tenant_keys.push(tenant_key);
+        self.pairs.push(format!("{id}{tenant_key}"));
     }
     fn len(&self) -> usize {
         self.ids.len()
@@ -473,7 +475,7 @@ impl Finished {
     }
     fn clear(&mut self) {
         self.ids.clear();
-        self.tenant_keys.clear();
+        self.pairs.clear();
     }
 }
 
@@ -522,25 +524,25 @@ RETURNING j.id, j.kind, j.tenant_id, j.payload, j.attempts, j.max_attempts, j.cr
 }
 
 const CLAIM_KEEP: &str = claim_sql!(
-    "moved AS (DELETE FROM saas.jobs d USING unnest($9::uuid[], $10::uuid[]) AS f(id, tk) \
-       WHERE d.id = f.id AND d.tenant_key = f.tk AND d.locked_by = $6 AND d.state = 'running' \
+    "moved AS (DELETE FROM saas.jobs d WHERE d.id = ANY($9) AND d.locked_by = $6 AND d.state = 'running' \
+       AND (d.id::text || d.tenant_key::text) = ANY($10::text[]) \
        RETURNING d.id, d.queue, d.kind, d.tenant_id, d.attempts, d.unique_key, d.created_at), \
      finished AS (INSERT INTO saas.jobs_done (id, queue, kind, tenant_id, attempts, unique_key, created_at, finished_at) \
        SELECT id, queue, kind, tenant_id, attempts, unique_key, created_at, now() FROM moved RETURNING 1)"
 );
 const CLAIM_DELETE: &str = claim_sql!(
-    "finished AS (DELETE FROM saas.jobs d USING unnest($9::uuid[], $10::uuid[]) AS f(id, tk) \
-       WHERE d.id = f.id AND d.tenant_key = f.tk AND d.locked_by = $6 AND d.state = 'running' RETURNING 1)"
+    "finished AS (DELETE FROM saas.jobs d WHERE d.id = ANY($9) AND d.locked_by = $6 AND d.state = 'running' \
+       AND (d.id::text || d.tenant_key::text) = ANY($10::text[]) RETURNING 1)"
 );
 
 /// Records finished jobs when no claim follows.
-const FINISH_KEEP: &str = "WITH moved AS (DELETE FROM saas.jobs d USING unnest($1::uuid[], $3::uuid[]) AS f(id, tk) \
-       WHERE d.id = f.id AND d.tenant_key = f.tk AND d.locked_by = $2 AND d.state = 'running' \
+const FINISH_KEEP: &str = "WITH moved AS (DELETE FROM saas.jobs d WHERE d.id = ANY($1) AND d.locked_by = $2 \
+       AND d.state = 'running' AND (d.id::text || d.tenant_key::text) = ANY($3::text[]) \
        RETURNING d.id, d.queue, d.kind, d.tenant_id, d.attempts, d.unique_key, d.created_at) \
      INSERT INTO saas.jobs_done (id, queue, kind, tenant_id, attempts, unique_key, created_at, finished_at) \
      SELECT id, queue, kind, tenant_id, attempts, unique_key, created_at, now() FROM moved";
-const FINISH_DELETE: &str = "DELETE FROM saas.jobs d USING unnest($1::uuid[], $3::uuid[]) AS f(id, tk) \
-       WHERE d.id = f.id AND d.tenant_key = f.tk AND d.locked_by = $2 AND d.state = 'running'";
+const FINISH_DELETE: &str = "DELETE FROM saas.jobs d WHERE d.id = ANY($1) AND d.locked_by = $2 \
+       AND d.state = 'running' AND (d.id::text || d.tenant_key::text) = ANY($3::text[])";
 
 impl Shared {
     async fn claim(&self, queue: &str, per_tenant: usize, finished: &Finished) -> Result<Vec<Claimed>, sqlx::Error> {
@@ -556,7 +558,7 @@ impl Shared {
             .bind(&self.kinds)
             .bind((self.cfg.batch * 2) as i64)
             .bind(&finished.ids)
-            .bind(&finished.tenant_keys)
+            .bind(&finished.pairs)
             .fetch_all(&self.pool)
             .await?;
         if !finished.is_empty() {
@@ -755,10 +757,10 @@ async fn run_loop(
         tenants.sort_unstable();
         tenants.dedup();
         tenants_last = tenants.len();
-        let ids = Finished {
-            ids: jobs.iter().map(|j| j.id).collect(),
-            tenant_keys: jobs.iter().map(|j| j.tenant_key).collect(),
-        };
+        let mut ids = Finished::default();
+        for j in &jobs {
+            ids.push((j.id, j.tenant_key));
+        }
         let batch = futures_util::stream::iter(jobs)
             .map(|j| shared.run_one(&queue, j))
             .buffer_unordered(shared.cfg.concurrency);
@@ -821,7 +823,7 @@ async fn finish(shared: &Shared, queue: &str, done: &Finished) -> Result<(), sql
     sqlx::query(sql)
         .bind(&done.ids)
         .bind(shared.me)
-        .bind(&done.tenant_keys)
+        .bind(&done.pairs)
         .execute(&shared.pool)
         .await?;
     metrics::counter!("saas_events_jobs_total", "queue" => queue.to_owned(), "outcome" => "done")
@@ -859,9 +861,9 @@ where
             },
             _ = extend.tick() => {
                 let r = sqlx::query("UPDATE saas.jobs j SET locked_until = now() + make_interval(secs => $3) \
-                                     FROM unnest($1::uuid[], $4::uuid[]) AS f(id, tk) \
-                                     WHERE j.id = f.id AND j.tenant_key = f.tk AND j.locked_by = $2 AND j.state = 'running'")
-                    .bind(&ids.ids).bind(shared.me).bind(shared.cfg.visibility.as_secs_f64()).bind(&ids.tenant_keys)
+                                     WHERE j.id = ANY($1) AND j.locked_by = $2 AND j.state = 'running' \
+                                     AND (j.id::text || j.tenant_key::text) = ANY($4::text[])")
+                    .bind(&ids.ids).bind(shared.me).bind(shared.cfg.visibility.as_secs_f64()).bind(&ids.pairs)
                     .execute(&shared.pool).await;
                 if let Err(e) = r {
                     tracing::warn!(error = %e, "extending running jobs failed");
