@@ -14,6 +14,8 @@
 //! Prints each run and, last, one line:
 //! `saas_events_jobs_per_s=<x> best_peer=<name> best_peer_jobs_per_s=<y> ratio=<x/y>` followed
 //! by every peer's `<name>_jobs_per_s=<rate>`.
+//! `RUNS=<n>` measures saas-events n times (fresh database each; the line reports the
+//! median, and `ratio_min` the slowest run against the best peer); the peers run once.
 //! saas-events runs with its defaults (200 jobs per claim); `BATCH=<n>` changes that,
 //! `JOBS=<n>` the job count, and `APALIS=0` measures saas-events alone (no peers).
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
@@ -308,8 +310,25 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    let runs: usize = std::env::var("RUNS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(1)
+        .max(1);
     rt.block_on(async {
-        let ours = saas_events(jobs).await;
+        let mut rates = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            rates.push(saas_events(jobs).await);
+        }
+        rates.sort_by(f64::total_cmp);
+        let ours = rates[rates.len() / 2];
+        let all: Vec<String> = rates.iter().map(|r| format!("{r:.0}")).collect();
+        println!(
+            "saas_events_runs={} median={ours:.0} min={:.0} max={:.0}",
+            all.join(","),
+            rates[0],
+            rates[rates.len() - 1]
+        );
         if std::env::var("APALIS").is_ok_and(|v| v == "0") {
             println!("saas_events_jobs_per_s={ours:.0} (apalis skipped: APALIS=0)");
             return;
@@ -326,8 +345,9 @@ fn main() {
             .unwrap_or(("none", f64::NAN));
         let each: Vec<String> = peers.iter().map(|(n, r)| format!("{n}_jobs_per_s={r:.0}")).collect();
         println!(
-            "saas_events_jobs_per_s={ours:.0} best_peer={best} best_peer_jobs_per_s={best_rate:.0} ratio={:.2} {}",
+            "saas_events_jobs_per_s={ours:.0} best_peer={best} best_peer_jobs_per_s={best_rate:.0} ratio={:.2} ratio_min={:.2} {}",
             ours / best_rate,
+            rates[0] / best_rate,
             each.join(" ")
         );
     });
