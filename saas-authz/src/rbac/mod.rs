@@ -249,9 +249,6 @@ pub(crate) struct Inner {
     pub(crate) tenants: ArcSwap<Tenants>,
     /// Bumped after every swap, so that each thread knows when its copy is stale.
     pub(crate) version: AtomicU64,
-    /// Unique per evaluator for the process's lifetime (an address could be reused after
-    /// a drop and match a thread's stale copy).
-    pub(crate) id: u64,
     pub(crate) loading: tokio::sync::Mutex<()>,
     /// Per tenant, how many changes were notified (any tenant's count moves with
     /// `epoch`, bumped when notifications may have been missed): a load that saw the
@@ -303,7 +300,7 @@ impl Inner {
 thread_local! {
     /// This thread's copy of the newest snapshot it saw: (evaluator, version, snapshot).
     /// A check compares one atomic version with it and touches no shared reference count.
-    static SNAPSHOT: RefCell<Option<(u64, u64, Arc<Tenants>)>> = const { RefCell::new(None) };
+    static SNAPSHOT: RefCell<(u64, Option<Arc<Tenants>>)> = const { RefCell::new((0, None)) };
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -357,8 +354,7 @@ impl Authz {
                 model,
                 pool,
                 tenants: ArcSwap::from_pointee(Tenants::default()),
-                version: AtomicU64::new(0),
-                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                version: AtomicU64::new(NEXT_ID.fetch_add(1, Ordering::Relaxed) << 40),
                 loading: tokio::sync::Mutex::new(()),
                 generations: std::sync::Mutex::new(std::collections::HashMap::new()),
                 epoch: AtomicU64::new(0),
@@ -408,16 +404,17 @@ impl Authz {
     /// version moved): no lock, no reference-count traffic on the usual path.
     #[inline(always)]
     fn with_snapshot<R>(&self, f: impl FnOnce(&Tenants) -> R) -> R {
-        let id = self.inner.id;
-        let version = self.inner.version.load(Ordering::Acquire);
+        // The version starts at the evaluator's id shifted left by 40 bits, so one
+        // comparison tells both "same evaluator" and "same version".
+        let stamp = self.inner.version.load(Ordering::Acquire);
         SNAPSHOT.with(|cell| {
             let mut slot = cell.borrow_mut();
             match &*slot {
-                Some((i, v, snapshot)) if *i == id && *v == version => f(snapshot),
+                (s, Some(snapshot)) if *s == stamp => f(snapshot),
                 _ => {
                     let snapshot = self.inner.tenants.load_full();
                     let out = f(&snapshot);
-                    *slot = Some((id, version, snapshot));
+                    *slot = (stamp, Some(snapshot));
                     out
                 }
             }
