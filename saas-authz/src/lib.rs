@@ -7,16 +7,22 @@
 //! - [`Issuer`] + [`Oidc`]: JWKS from a URL or discovery, cached, refreshed in the
 //!   background, refetched at a bounded rate on an unknown `kid`; RS256/ES256/EdDSA only,
 //!   the token's algorithm must be its key's; `iss`, `aud`, `exp`, `nbf` with leeway,
-//!   `azp` allow-list; [`ClaimPreset`]s for Auth0, Clerk and plain OIDC.
+//!   `azp` allow-list; [`ClaimPreset`]s for Auth0, Clerk and plain OIDC. An audience is
+//!   required (`Oidc::without_audience_check` opts out, loudly).
 //! - [`AuthenticateLayer`]: bearer token or API key → [`Principal`] in the request
 //!   extensions, users provisioned on first sight ([`Users`]), verified tokens cached;
 //!   401 problems for everything else. [`RequireMfa`] guards sensitive routes.
 //! - [`ApiKeys`]: per-tenant keys, shown once, 256-bit secrets stored as digests,
-//!   scopes, expiry, revocation that reaches every process, batched `last_used_at`.
+//!   scopes, expiry, revocation that reaches every process, batched `last_used_at`. A
+//!   member's key acts for its creator (scopes ∩ their permissions now) and is revoked
+//!   when they leave; a service-account key ([`NewApiKey::service_account`]) belongs to
+//!   the tenant and holds its own role.
 //! - [`Memberships`]: who belongs to a tenant with which [`role`]s, implementing
 //!   `saas_tenancy::MembershipCheck` so that `TenantLayer` admits members only, and the
 //!   tenant's "members must use MFA" setting. The last owner stays; nobody grants above
-//!   their own role; every change is audited with before and after.
+//!   their own role (custom roles ranked by what they include, with
+//!   [`Memberships::with_model`]); removing a member ends their keys, grants and pending
+//!   invitations; every change is audited with before and after.
 //! - [`Invitations`]: single-use links, 7-day expiry, resend, revoke, seat limits
 //!   ([`SeatLimit`]), email through an [`InvitationMailer`].
 //! - [`rbac`]: the RBAC evaluator. [`Model`] registers permissions (`project:read`) as bit

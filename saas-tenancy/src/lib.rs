@@ -3,13 +3,16 @@
 //! Multi-tenancy that cannot leak: PostgreSQL row-level security does the enforcing,
 //! and this crate makes it the easy path.
 //!
-//! - [`TenantTx`]: a transaction scoped to one tenant in the same round trip as `BEGIN`;
-//!   plain sqlx queries inside it see and write only that tenant's rows.
+//! - [`TenantTx`]: a transaction scoped to one tenant (and, with `begin_as`, the acting
+//!   user) in the same round trip as `BEGIN`; plain sqlx queries inside it see and write
+//!   only that tenant's rows. It is the one way a tenant transaction is opened.
 //! - [`SystemTx`] on a [`PlatformPool`]: the explicit, greppable way to work outside a
 //!   tenant, with a reason.
 //! - [`enable_tenant_rls`] / `saas.enable_tenant_rls('table')`: turns a table into a
-//!   tenant table (RLS enabled and forced, one policy, grants, registry).
-//! - [`verify_isolation`]: refuses to serve when the live database would let rows leak.
+//!   tenant table (RLS enabled and forced, the one canonical policy that
+//!   `saas.tenant_policy` generates for every crate, grants, registry).
+//! - [`verify_isolation`]: refuses to serve when the live database would let rows leak,
+//!   including any policy other than the canonical one, for any command.
 //! - [`TenantLayer`]: resolves the tenant of a request ([`resolve`]), loads it from a
 //!   [`TenantStore`], checks membership and lifecycle, and hands handlers a
 //!   [`TenantContext`] (and, with the `axum` feature, a ready [`TenantTx`]).
