@@ -220,8 +220,9 @@ fn bench(c: &mut Criterion) {
     });
     let mut sorted = ratios.clone();
     sorted.sort_by(f64::total_cmp);
+    println!("tenant_query: {reps} repetitions of {per_rep} alternated pairs");
     println!(
-        "tenant_query_ratio={:.3} min={:.3} max={:.3} reps={reps} pairs_per_rep={per_rep}",
+        "tenant_query_ratio={:.3} min={:.3} max={:.3}",
         sorted[sorted.len() / 2],
         sorted[0],
         sorted[sorted.len() - 1]
