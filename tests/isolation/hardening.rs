@@ -820,3 +820,49 @@ async fn attack_58_a_custom_roles_rank_follows_what_it_includes() {
         "an admin assigned themselves an owner-level role: {r:?}"
     );
 }
+
+// ---------------------------------------------------------------- item 5, pooled
+
+/// A user set on a pooled connection — transaction-locally by `begin_as`, or at session
+/// level by buggy code — does not follow the connection to the next request.
+#[tokio::test]
+async fn attack_59_an_acting_user_never_survives_into_the_pool() {
+    let f = Fixture::new().await;
+    let bob = provision(&f, "bob", "bob@globex.test").await;
+    let pool = saas_tenancy::pool_options()
+        .max_connections(1)
+        .connect_lazy_with(f.db.app_options());
+    let users_seen = async |pool: &sqlx::PgPool| -> i64 {
+        let mut tx = saas_tenancy::TenantTx::begin(pool, f.a).await.unwrap();
+        sqlx::query_scalar("SELECT count(*) FROM saas.users")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap()
+    };
+    // Acting as bob in one transaction: he sees himself there, and nobody sees him after.
+    let mut tx = saas_tenancy::TenantTx::begin_as(&pool, f.a, bob.user_id).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM saas.users")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    tx.commit().await.unwrap();
+    assert_eq!(
+        users_seen(&pool).await,
+        0,
+        "the transaction's user leaked into the next one"
+    );
+    // Set at session level outside any TenantTx: cleared when the connection is released.
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::query("SELECT set_config('app.user_id', $1, false)")
+        .bind(bob.user_id.to_string())
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    drop(conn);
+    assert_eq!(
+        users_seen(&pool).await,
+        0,
+        "a session-level user survived into the pool"
+    );
+}
