@@ -51,6 +51,19 @@ async fn wait_for(limit: Duration, mut done: impl AsyncFnMut() -> bool) {
     }
 }
 
+/// Waits until every handler ran (`count` reached `jobs`) and then until the queue itself
+/// records them all (`recorded`, a query answering one boolean): the end of a run.
+async fn drained(count: &AtomicU64, jobs: usize, limit: Duration, pool: &sqlx::PgPool, recorded: String) {
+    wait_for(limit, async || count.load(Ordering::Relaxed) >= jobs as u64).await;
+    wait_for(Duration::from_secs(60), async || {
+        sqlx::query_scalar::<_, bool>(sqlx::AssertSqlSafe(recorded.clone()))
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    })
+    .await;
+}
+
 async fn saas_events(jobs: usize) -> f64 {
     let db = TestDb::new(&[&saas_core::MIGRATOR, &saas_tenancy::MIGRATOR, &saas_events::MIGRATOR])
         .await
@@ -98,18 +111,13 @@ async fn saas_events(jobs: usize) -> f64 {
         tx.commit().await.unwrap();
     }
     let enqueued = started.elapsed();
-    wait_for(Duration::from_secs(300), async || {
-        count.load(Ordering::Relaxed) >= jobs as u64
-    })
-    .await;
-    let pool = db.platform().clone();
-    wait_for(Duration::from_secs(60), async || {
-        let open: i64 = sqlx::query_scalar("SELECT count(*) FROM saas.jobs")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-        open == 0
-    })
+    drained(
+        &count,
+        jobs,
+        Duration::from_secs(300),
+        db.platform(),
+        "SELECT count(*) = 0 FROM saas.jobs".into(),
+    )
     .await;
     let elapsed = started.elapsed();
     for w in workers {
@@ -184,17 +192,13 @@ async fn apalis(jobs: usize, batch: Option<usize>, concurrency: Option<usize>) -
         backend.push_all(&mut items).await.unwrap();
     }
     let enqueued = started.elapsed();
-    wait_for(Duration::from_secs(600), async || {
-        APALIS_COUNT.load(Ordering::Relaxed) >= jobs as u64
-    })
-    .await;
-    wait_for(Duration::from_secs(60), async || {
-        let done: i64 = sqlx::query_scalar("SELECT count(*) FROM apalis.jobs WHERE status = 'Done'")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-        done as usize >= jobs
-    })
+    drained(
+        &APALIS_COUNT,
+        jobs,
+        Duration::from_secs(600),
+        &pool,
+        format!("SELECT count(*) >= {jobs} FROM apalis.jobs WHERE status = 'Done'"),
+    )
     .await;
     let elapsed = started.elapsed();
     let _ = stop_tx.send(true);
@@ -268,18 +272,13 @@ async fn graphile(jobs: usize) -> f64 {
         utils.add_jobs(&batch).await.unwrap();
     }
     let enqueued = started.elapsed();
-    wait_for(Duration::from_secs(600), async || {
-        GRAPHILE_COUNT.load(Ordering::Relaxed) >= jobs as u64
-    })
-    .await;
-    let pool = db.owner().clone();
-    wait_for(Duration::from_secs(60), async || {
-        let open: i64 = sqlx::query_scalar("SELECT count(*) FROM graphile_worker._private_jobs")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-        open == 0
-    })
+    drained(
+        &GRAPHILE_COUNT,
+        jobs,
+        Duration::from_secs(600),
+        db.owner(),
+        "SELECT count(*) = 0 FROM graphile_worker._private_jobs".into(),
+    )
     .await;
     let elapsed = started.elapsed();
     for w in &workers {
