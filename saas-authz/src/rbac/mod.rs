@@ -397,28 +397,54 @@ impl Authz {
         permission: Permission,
         resource: Option<ResourceRef>,
     ) -> Decision {
-        self.with_snapshot(|tenants| self.check_in(tenants, principal, tenant, permission, resource))
+        // The version starts at the evaluator's id shifted left by 40 bits, so one
+        // comparison with this thread's copy tells both "same evaluator" and "same version".
+        let stamp = self.inner.version.load(Ordering::Acquire);
+        SNAPSHOT.with(|cell| self.check_cell(cell, stamp, principal, tenant, permission, resource))
     }
 
-    /// Runs `f` on the newest snapshot through this thread's copy (refreshed when the
-    /// version moved): no lock, no reference-count traffic on the usual path.
-    #[inline(always)]
-    fn with_snapshot<R>(&self, f: impl FnOnce(&Tenants) -> R) -> R {
-        // The version starts at the evaluator's id shifted left by 40 bits, so one
-        // comparison tells both "same evaluator" and "same version".
-        let stamp = self.inner.version.load(Ordering::Acquire);
-        SNAPSHOT.with(|cell| {
-            let mut slot = cell.borrow_mut();
-            match &*slot {
-                (s, Some(snapshot)) if *s == stamp => f(snapshot),
-                _ => {
-                    let snapshot = self.inner.tenants.load_full();
-                    let out = f(&snapshot);
-                    *slot = (stamp, Some(snapshot));
-                    out
-                }
+    /// [`check`](Self::check) on this thread's copy of the newest snapshot (refreshed when
+    /// the version moved): no lock, no reference-count traffic on the usual path. Kept
+    /// out of line so that `check` is small enough for `LocalKey::with` to be inlined
+    /// into the caller, where the thread-local's accessor is a known address rather than
+    /// an indirect call (about 25% of a check, measured interleaved).
+    #[inline(never)]
+    fn check_cell(
+        &self,
+        cell: &RefCell<(u64, Option<Arc<Tenants>>)>,
+        stamp: u64,
+        principal: &Principal,
+        tenant: TenantId,
+        permission: Permission,
+        resource: Option<ResourceRef>,
+    ) -> Decision {
+        {
+            let slot = cell.borrow();
+            if slot.0 == stamp
+                && let Some(snapshot) = &slot.1
+            {
+                return self.check_in(snapshot, principal, tenant, permission, resource);
             }
+        }
+        self.refresh_copy(cell, stamp, |tenants| {
+            self.check_in(tenants, principal, tenant, permission, resource)
         })
+    }
+
+    /// Replaces this thread's copy with the newest snapshot and runs `f` on it (kept out
+    /// of line so that the usual path stays small enough to inline).
+    #[cold]
+    #[inline(never)]
+    fn refresh_copy<R>(
+        &self,
+        cell: &RefCell<(u64, Option<Arc<Tenants>>)>,
+        stamp: u64,
+        f: impl FnOnce(&Tenants) -> R,
+    ) -> R {
+        let snapshot = self.inner.tenants.load_full();
+        let out = f(&snapshot);
+        *cell.borrow_mut() = (stamp, Some(snapshot));
+        out
     }
 
     /// The fast path, inlined: a member slot that answers by itself. Everything else
