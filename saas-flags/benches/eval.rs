@@ -17,6 +17,9 @@ use std::collections::HashMap;
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+
+#[path = "../../benches/interleave.rs"]
+mod interleave;
 use saas_flags::Engine;
 use saas_flags::unleash::ClientFeatures;
 use unleash_yggdrasil::{Context as YContext, EngineState};
@@ -90,11 +93,55 @@ fn flag_eval(c: &mut Criterion) {
         }
     }
 
+    // The ratios the goals are about, from interleaved blocks (criterion's separate
+    // estimates below are taken seconds apart, and this machine drifts in between).
+    let bare: HashMap<String, bool, foldhash::fast::FixedState> =
+        CASES.iter().map(|n| ((*n).to_owned(), true)).collect();
+    let (mut i, mut j) = (0usize, 0usize);
+    let r = interleave::ratio(
+        41,
+        200_000,
+        || {
+            i = (i + 1) & 15;
+            black_box(ours.is_enabled(black_box("no_strategy"), &our_ctx[i]));
+        },
+        || {
+            j = (j + 1) & 15;
+            black_box(bare.get(black_box("no_strategy")).copied().unwrap_or(false));
+        },
+    );
+    println!("flags_probe_ratio/no_strategy={r}");
+    for name in CASES {
+        let variants = name == "variants";
+        let (mut i, mut j) = (0usize, 0usize);
+        let r = interleave::ratio(
+            41,
+            100_000,
+            || {
+                i = (i + 1) & 15;
+                let ctx = &their_ctx[i];
+                if variants {
+                    black_box(theirs.get_variant(black_box(name), ctx, &None).name.len());
+                } else {
+                    black_box(theirs.is_enabled(black_box(name), ctx, &None));
+                }
+            },
+            || {
+                j = (j + 1) & 15;
+                let ctx = &our_ctx[j];
+                if variants {
+                    black_box(ours.with_current(|set| set.variant(black_box(name), ctx).name.len()));
+                } else {
+                    black_box(ours.is_enabled(black_box(name), ctx));
+                }
+            },
+        );
+        println!("flags_yggdrasil_ratio/{name}={r}");
+    }
+
     let mut group = c.benchmark_group("flag_eval");
     // The floor for a flag without strategies: one probe of a hash map by flag name
     // (foldhash), returning a stored bool.
-    let bare: HashMap<String, bool, foldhash::fast::FixedState> =
-        CASES.iter().map(|n| ((*n).to_owned(), true)).collect();
     group.bench_function("no_strategy/hash_probe", |b| {
         b.iter(|| usize::from(bare.get(black_box("no_strategy")).copied().unwrap_or(false)))
     });

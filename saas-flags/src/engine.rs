@@ -35,8 +35,11 @@ thread_local! {
     /// This thread's copy of the newest set it saw: (engine, version, set). An evaluation
     /// compares one atomic version with it and touches no shared reference count (an
     /// `ArcSwap` load costs about 10 ns; this about 1).
-    static CURRENT: RefCell<Option<(u64, u64, Arc<FlagSet>)>> = const { RefCell::new(None) };
+    static CURRENT: CurrentCell = const { RefCell::new(None) };
 }
+
+/// A thread's copy: (engine id, version, set).
+type CurrentCell = RefCell<Option<(u64, u64, Arc<FlagSet>)>>;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -57,18 +60,35 @@ impl Engine {
     #[inline(always)]
     pub fn with_current<R>(&self, f: impl FnOnce(&FlagSet) -> R) -> R {
         let version = self.version.load(Ordering::Acquire);
-        CURRENT.with(|cell| {
-            let mut slot = cell.borrow_mut();
-            match &*slot {
-                Some((id, v, set)) if *id == self.id && *v == version => f(set),
-                _ => {
-                    let set = self.set.load_full();
-                    let out = f(&set);
-                    *slot = Some((self.id, version, set));
-                    out
-                }
+        CURRENT.with(|cell| self.with_cell(cell, version, f))
+    }
+
+    /// [`with_current`](Self::with_current) on this thread's copy. Kept out of line so
+    /// that `with_current` is small enough for `LocalKey::with` to be inlined into the
+    /// caller, where the thread-local's accessor is a known address rather than an
+    /// indirect call.
+    #[inline(never)]
+    fn with_cell<R>(&self, cell: &CurrentCell, version: u64, f: impl FnOnce(&FlagSet) -> R) -> R {
+        {
+            let slot = cell.borrow();
+            if let Some((id, v, set)) = &*slot
+                && *id == self.id
+                && *v == version
+            {
+                return f(set);
             }
-        })
+        }
+        self.refresh_copy(cell, version, f)
+    }
+
+    /// Replaces this thread's copy with the current set and runs `f` on it.
+    #[cold]
+    #[inline(never)]
+    fn refresh_copy<R>(&self, cell: &CurrentCell, version: u64, f: impl FnOnce(&FlagSet) -> R) -> R {
+        let set = self.set.load_full();
+        let out = f(&set);
+        *cell.borrow_mut() = Some((self.id, version, set));
+        out
     }
 
     /// An engine serving an Unleash payload (compiled leniently, as an Unleash SDK would).
