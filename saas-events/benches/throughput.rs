@@ -82,8 +82,12 @@ async fn saas_events(jobs: usize) -> f64 {
             .await
             .unwrap();
         let c = Arc::clone(&count);
+        let mut builder = Worker::builder(PlatformPool::new(platform));
+        if std::env::var("DONE").is_ok_and(|d| d == "delete") {
+            builder = builder.delete_finished();
+        }
         workers.push(
-            Worker::builder(PlatformPool::new(platform))
+            builder
                 .batch(std::env::var("BATCH").ok().and_then(|b| b.parse().ok()).unwrap_or(200))
                 .concurrency(100)
                 .handle(move |_ctx: JobContext, _e: Noop| {
