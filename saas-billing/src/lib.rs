@@ -1,0 +1,64 @@
+//! # saas-billing
+//!
+//! Stripe owns the money; this crate keeps what the product needs to know about it —
+//! which plan a tenant is on and what that lets it use — in a local mirror that converges
+//! to Stripe's truth whatever its webhooks do.
+//!
+//! | piece | what it does |
+//! |---|---|
+//! | [`catalog`] | plans, prices (flat, per seat, metered; monthly and annual) and features, in code, named by lookup key |
+//! | [`SubscriptionStatus`] | Stripe's statuses and the legal moves between them; terminal states stay terminal |
+//! | [`AccessPolicy`] | (status, time in status, plan) → what the tenant may use: grace period, fallback, payment-problem signal |
+//! | [`webhook`] | the `POST` endpoint: `Stripe-Signature` verified against every active secret, the event stored in an inbox and its processing queued in one transaction, duplicates acknowledged |
+//!
+//! Still to come (see the crate's CHANGELOG): the provider trait and its Stripe client,
+//! processing of stored events into the subscription mirror, reconciliation, the
+//! simulator, entitlements and usage metering.
+//!
+//! ## Receive Stripe's webhooks
+//!
+//! ```
+//! # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
+//! use saas_billing::webhook::{WebhookEndpoint, WebhookSecrets, sign};
+//! use saas_tenancy::PlatformPool;
+//! use bytes::Bytes;
+//! use http_body_util::Full;
+//! use tower::ServiceExt;
+//!
+//! let db = saas_core::testkit::TestDb::new(&[
+//!     &saas_core::MIGRATOR, &saas_tenancy::MIGRATOR, &saas_events::MIGRATOR, &saas_billing::MIGRATOR,
+//! ]).await.unwrap();
+//! // In production: `WebhookSecrets::from_env()` (STRIPE_WEBHOOK_SECRET).
+//! let secrets = WebhookSecrets::new("whsec_example").unwrap();
+//! let endpoint = WebhookEndpoint::new(PlatformPool::new(db.platform().clone()), secrets);
+//!
+//! let body = r#"{"id":"evt_1","object":"event","type":"invoice.paid","created":1767225600,"livemode":false,"data":{"object":{"id":"in_1"}}}"#;
+//! let now = chrono::Utc::now().timestamp();
+//! let delivery = || {
+//!     http::Request::post("/webhooks/stripe")
+//!         .header("stripe-signature", sign("whsec_example", now, body.as_bytes()))
+//!         .body(Full::new(Bytes::from(body)))
+//!         .unwrap()
+//! };
+//! let res = endpoint.clone().oneshot(delivery()).await.unwrap();
+//! assert_eq!(res.status(), 200);
+//! // Stripe delivers at least once: the same event again is acknowledged and ignored.
+//! let again = endpoint.clone().oneshot(delivery()).await.unwrap();
+//! assert_eq!(again.status(), 200);
+//! let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM saas.billing_inbox").fetch_one(db.platform()).await.unwrap();
+//! assert_eq!(stored, 1);
+//! # });
+//! ```
+
+pub mod access;
+pub mod catalog;
+pub mod status;
+pub mod webhook;
+
+pub use access::{Access, AccessPolicy, AccessReason, Lapsed, Mode};
+pub use catalog::{Catalog, CatalogError};
+pub use status::{SubscriptionStatus, TransitionError, UnknownStatus};
+
+/// This crate's migrations (the webhook inbox). Run after saas-core's, saas-tenancy's
+/// and saas-events'.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
