@@ -819,3 +819,73 @@ async fn a_handler_blocking_past_its_time_fails_the_attempt_and_the_batch_goes_o
     );
     h.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test]
+async fn a_job_published_from_sql_is_the_same_job_as_one_published_from_rust() {
+    let db = db().await;
+    let t = TenantId::new();
+    // From Rust and from SQL, in the same tenant transaction.
+    let mut tx = TenantTx::begin(db.app(), t).await.unwrap();
+    let from_rust = publish(
+        &mut tx,
+        &Ping {
+            n: 1,
+            key: String::new(),
+        },
+    )
+    .await
+    .unwrap();
+    let from_sql: uuid::Uuid =
+        sqlx::query_scalar("SELECT saas.publish_job('default', $1, jsonb_build_object('n', 2, 'key', ''))")
+            .bind(<Ping as saas_events::Event>::KIND)
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+    // The application role cannot publish for another tenant, nor a platform job.
+    let other = TenantId::new();
+    for tenant in [Some(other), None] {
+        sqlx::query("SAVEPOINT attack").execute(&mut *tx).await.unwrap();
+        let err = sqlx::query("SELECT saas.publish_job('default', 'x.y', '{}', $1)")
+            .bind(tenant)
+            .execute(&mut *tx)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("row-level security"), "{err}");
+        sqlx::query("ROLLBACK TO SAVEPOINT attack")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+    assert_eq!(from_sql.get_version_num(), 7, "a time-ordered id like JobId's");
+    assert!(from_sql > *from_rust.as_uuid(), "published later, sorts later");
+    // Every column a worker reads is the same but the id and payload.
+    let rows: Vec<(String, String, Option<uuid::Uuid>, i16, i32, String, i32)> = sqlx::query_as(
+        "SELECT queue, kind, tenant_id, priority, max_attempts, state, attempts FROM saas.jobs ORDER BY id",
+    )
+    .fetch_all(db.platform())
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0], rows[1]);
+    // And a worker runs it like any other, in its tenant.
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = Arc::clone(&seen);
+    let w = Worker::builder(platform(&db, 4).await)
+        .app_pool(db.app().clone())
+        .handle(move |ctx: JobContext, p: Ping| {
+            let s = Arc::clone(&s);
+            async move {
+                s.lock().unwrap().push((ctx.tenant(), p.n));
+                Ok(())
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    assert!(until(Duration::from_secs(10), async || seen.lock().unwrap().len() == 2).await);
+    w.shutdown(Duration::from_secs(5)).await;
+    let mut seen = seen.lock().unwrap().clone();
+    seen.sort_by_key(|(_, n)| *n);
+    assert_eq!(seen, vec![(Some(t), 1), (Some(t), 2)]);
+}
