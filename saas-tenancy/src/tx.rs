@@ -11,7 +11,7 @@ use crate::error::TenancyError;
 
 /// A transaction in which row-level security shows and accepts only one tenant's rows.
 ///
-/// [`TenantTx::begin`] sends `BEGIN` and `set_config('app.tenant_id', …, true)` as one
+/// [`TenantTx::begin`] sends `BEGIN` and `SET LOCAL app.tenant_id = '…'` as one
 /// simple-protocol message, so scoping costs no extra round trip, and the setting is
 /// transaction-local: it ends with the transaction and never survives into the pool.
 /// The transaction derefs to [`PgConnection`], so queries are plain sqlx:
@@ -167,9 +167,7 @@ impl SystemTx {
             return Err(TenancyError::InvalidReason(reason));
         }
         // The reason was checked to be a plain label, so it can be inlined.
-        let begin = format!(
-            "BEGIN; SELECT set_config('app.tenant_id', '', true), set_config('app.system_reason', '{reason}', true)"
-        );
+        let begin = format!("BEGIN; SET LOCAL app.tenant_id = ''; SET LOCAL app.system_reason = '{reason}'");
         let tx = pool.0.begin_with(sqlx::AssertSqlSafe(begin)).await?;
         tracing::info!(reason, "system transaction");
         Ok(Self { tx, reason })
@@ -225,12 +223,12 @@ mod tests {
         let t = TenantId::from_uuid(uuid_nil());
         assert_eq!(
             begin_statement("BEGIN", t, None),
-            "BEGIN; SELECT set_config('app.tenant_id', '00000000-0000-0000-0000-000000000000', true)"
+            "BEGIN; SET LOCAL app.tenant_id = '00000000-0000-0000-0000-000000000000'"
         );
         let u = UserId::from_uuid(uuid_nil());
         assert!(
             begin_statement("BEGIN", t, Some(u))
-                .ends_with("set_config('app.user_id', '00000000-0000-0000-0000-000000000000', true)")
+                .ends_with("; SET LOCAL app.user_id = '00000000-0000-0000-0000-000000000000'")
         );
     }
 
