@@ -34,6 +34,9 @@ pub use signature::{HEADER, SecretError, SignatureError, TOLERANCE_SECS, Webhook
 pub const DEFAULT_MAX_BODY: usize = 256 * 1024;
 
 /// The job that processes a stored event (published in the transaction that stores it).
+///
+/// It is a platform job (no tenant): a handler must ignore one that carries a tenant,
+/// since the application role may publish any event kind for its own tenant.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StripeEventReceived {
     /// The event's id (`evt_…`), the inbox's key.
