@@ -10,10 +10,11 @@
 //! | [`SubscriptionStatus`] | Stripe's statuses and the legal moves between them; terminal states stay terminal |
 //! | [`AccessPolicy`] | (status, time in status, plan) → what the tenant may use: grace period, fallback, payment-problem signal |
 //! | [`webhook`] | the `POST` endpoint: `Stripe-Signature` verified against every active secret, the event stored in an inbox and its processing queued in one transaction, duplicates acknowledged |
+//! | [`sync`] | processing: each stored event's subscription refetched from the provider and applied to the mirror, serialised per subscription, with a transition history and the tenant's audit log |
+//! | [`BillingProvider`], [`Simulator`] | what the mirror reads from the provider; an in-memory provider (not Stripe) that walks Stripe's lifecycles on a `ManualClock` and emits Stripe's events |
 //!
-//! Still to come (see the crate's CHANGELOG): the provider trait and its Stripe client,
-//! processing of stored events into the subscription mirror, reconciliation, the
-//! simulator, entitlements and usage metering.
+//! Still to come (see the crate's CHANGELOG): the Stripe client, reconciliation, the
+//! catalog's push and drift check, entitlements and usage metering.
 //!
 //! ## Receive Stripe's webhooks
 //!
@@ -52,13 +53,18 @@
 
 pub mod access;
 pub mod catalog;
+pub mod provider;
+pub mod simulator;
 pub mod status;
+pub mod sync;
 pub mod webhook;
 
 pub use access::{Access, AccessPolicy, AccessReason, Lapsed, Mode};
 pub use catalog::{Catalog, CatalogError};
+pub use provider::{BillingProvider, ProviderError};
+pub use simulator::Simulator;
 pub use status::{SubscriptionStatus, TransitionError, UnknownStatus};
 
-/// This crate's migrations (the webhook inbox). Run after saas-core's, saas-tenancy's
+/// This crate's migrations (the webhook inbox, the mirror). Run after saas-core's, saas-tenancy's
 /// and saas-events'.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();

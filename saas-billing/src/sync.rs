@@ -1,0 +1,284 @@
+//! Processing stored events into the mirror: refetch, then apply.
+//!
+//! An event only says *which* object changed. Processing reads the object's current state
+//! from the provider and applies that, so the order in which events arrive, how often,
+//! and whether some never do, does not change where the mirror ends up: the provider's
+//! state at the last processing. Applications to one subscription are serialised (a
+//! transaction-scoped advisory lock taken *before* the provider is read), so a slow
+//! processing of an old event can never overwrite a newer state.
+//!
+//! Every status change is recorded in `saas.billing_transitions` (from, to, cause, at)
+//! and in the tenant's audit log (`billing.subscription_status_changed`).
+
+use std::sync::Arc;
+
+use saas_core::TenantId;
+use saas_core::audit::{self, Actor, AuditRecord};
+use saas_events::{JobContext, JobError, WorkerBuilder};
+use saas_tenancy::{PlatformPool, SystemTx, TenancyError};
+
+use crate::provider::{BillingProvider, ProviderError, Subscription};
+use crate::status::SubscriptionStatus;
+use crate::webhook::StripeEventReceived;
+
+/// Why processing failed (it is retried by the job queue).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SyncError {
+    /// The provider could not answer.
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    /// The database failed.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A tenant transaction or audit record failed.
+    #[error(transparent)]
+    Tenancy(#[from] TenancyError),
+    /// The audit record failed.
+    #[error(transparent)]
+    Audit(#[from] audit::AuditError),
+    /// The event is not in the inbox.
+    #[error("no stored event {0}")]
+    UnknownEvent(String),
+    /// A tenant already has another provider customer (one customer per tenant).
+    #[error("tenant {tenant} already has the customer {existing}, not {customer}")]
+    SecondCustomer {
+        /// The tenant.
+        tenant: TenantId,
+        /// Its customer.
+        existing: String,
+        /// The other customer naming the same tenant.
+        customer: String,
+    },
+}
+
+/// What processing an event did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Processed {
+    /// The named subscriptions were refetched and applied.
+    Applied(Vec<String>),
+    /// Nothing to apply (the reason is stored as the event's outcome).
+    Ignored(String),
+}
+
+/// Registers the processing of stored webhook events on `builder`: each
+/// [`StripeEventReceived`] job refetches and applies what its event names. Jobs that
+/// carry a tenant are refused (the application role could publish them).
+pub fn handle_events<P: BillingProvider>(
+    builder: WorkerBuilder,
+    platform: PlatformPool,
+    provider: Arc<P>,
+) -> WorkerBuilder {
+    builder.handle(move |ctx: JobContext, job: StripeEventReceived| {
+        let (platform, provider) = (platform.clone(), Arc::clone(&provider));
+        async move {
+            if ctx.tenant().is_some() {
+                return Err(JobError::fatal(
+                    "billing events are platform jobs; a tenant published this one",
+                ));
+            }
+            match process_event(&platform, &*provider, &job.event_id).await {
+                Ok(_) => Ok(()),
+                Err(SyncError::UnknownEvent(id)) => Err(JobError::fatal(format!("no stored event {id}"))),
+                Err(e) => Err(JobError::retry(e)),
+            }
+        }
+    })
+}
+
+/// Processes the stored event `event_id`: finds the subscriptions it concerns, refetches
+/// and applies each, and marks the event processed with its outcome.
+pub async fn process_event<P: BillingProvider + ?Sized>(
+    platform: &PlatformPool,
+    provider: &P,
+    event_id: &str,
+) -> Result<Processed, SyncError> {
+    let raw: Option<String> = sqlx::query_scalar("SELECT raw FROM saas.billing_inbox WHERE event_id = $1")
+        .bind(event_id)
+        .fetch_optional(platform.as_pool())
+        .await?;
+    let raw = raw.ok_or_else(|| SyncError::UnknownEvent(event_id.to_owned()))?;
+    let event: serde_json::Value = serde_json::from_str(&raw).unwrap_or_default();
+    let object = &event["data"]["object"];
+    let str_of = |v: &serde_json::Value| v.as_str().map(str::to_owned);
+    let ids: Vec<String> = match object["object"].as_str() {
+        Some("subscription") => str_of(&object["id"]).into_iter().collect(),
+        Some("customer") => match str_of(&object["id"]) {
+            Some(c) => provider.subscriptions_of(&c).await?.into_iter().map(|s| s.id).collect(),
+            None => Vec::new(),
+        },
+        // Invoices, checkout sessions and the like name their subscription.
+        _ => str_of(&object["subscription"]).into_iter().collect(),
+    };
+    let outcome = if ids.is_empty() {
+        Processed::Ignored(format!(
+            "ignored: no subscription in a {} event",
+            event["type"].as_str().unwrap_or("?")
+        ))
+    } else {
+        for id in &ids {
+            sync_subscription(platform, provider, id, event_id).await?;
+        }
+        Processed::Applied(ids)
+    };
+    let text = match &outcome {
+        Processed::Applied(ids) => format!("applied: {}", ids.join(", ")),
+        Processed::Ignored(why) => why.clone(),
+    };
+    sqlx::query("UPDATE saas.billing_inbox SET processed_at = now(), outcome = $2 WHERE event_id = $1")
+        .bind(event_id)
+        .bind(text)
+        .execute(platform.as_pool())
+        .await?;
+    Ok(outcome)
+}
+
+/// Refetches subscription `id` and applies it to the mirror (`cause`: the event id, or
+/// `reconcile`). Returns the status change it made, if any.
+pub async fn sync_subscription<P: BillingProvider + ?Sized>(
+    platform: &PlatformPool,
+    provider: &P,
+    id: &str,
+    cause: &str,
+) -> Result<Option<(Option<SubscriptionStatus>, SubscriptionStatus)>, SyncError> {
+    let mut tx = SystemTx::begin(platform, "billing-sync").await?;
+    // Serialise every application to this subscription, then read the provider: what is
+    // applied was read after the previous application committed.
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7477))")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    let Some(sub) = provider.subscription(id).await? else {
+        tx.rollback().await?;
+        return Ok(None);
+    };
+    let Some(tenant) = tenant_of(&mut tx, provider, &sub.customer).await? else {
+        tracing::warn!(subscription = id, customer = %sub.customer, "a subscription whose customer names no tenant is ignored");
+        tx.rollback().await?;
+        return Ok(None);
+    };
+    let change = apply(&mut tx, tenant, &sub, cause).await?;
+    tx.commit().await?;
+    Ok(change)
+}
+
+async fn tenant_of<P: BillingProvider + ?Sized>(
+    tx: &mut SystemTx,
+    provider: &P,
+    customer: &str,
+) -> Result<Option<TenantId>, SyncError> {
+    let known: Option<uuid::Uuid> =
+        sqlx::query_scalar("SELECT tenant_id FROM saas.billing_customers WHERE customer_id = $1")
+            .bind(customer)
+            .fetch_optional(&mut **tx)
+            .await?;
+    if let Some(t) = known {
+        return Ok(Some(TenantId::from_uuid(t)));
+    }
+    let Some(c) = provider.customer(customer).await? else {
+        return Ok(None);
+    };
+    let Some(tenant) = c.tenant else {
+        return Ok(None);
+    };
+    let existing: Option<String> = sqlx::query_scalar(
+        "WITH ins AS (INSERT INTO saas.billing_customers (tenant_id, customer_id) VALUES ($1, $2) \
+                      ON CONFLICT (tenant_id) DO NOTHING RETURNING customer_id) \
+         SELECT customer_id FROM ins UNION ALL \
+         SELECT customer_id FROM saas.billing_customers WHERE tenant_id = $1 AND NOT EXISTS (SELECT 1 FROM ins)",
+    )
+    .bind(tenant)
+    .bind(customer)
+    .fetch_optional(&mut **tx)
+    .await?;
+    match existing {
+        Some(e) if e != customer => Err(SyncError::SecondCustomer {
+            tenant,
+            existing: e,
+            customer: customer.to_owned(),
+        }),
+        _ => Ok(Some(tenant)),
+    }
+}
+
+async fn apply(
+    tx: &mut SystemTx,
+    tenant: TenantId,
+    sub: &Subscription,
+    cause: &str,
+) -> Result<Option<(Option<SubscriptionStatus>, SubscriptionStatus)>, SyncError> {
+    let current: Option<String> =
+        sqlx::query_scalar("SELECT status FROM saas.billing_subscriptions WHERE subscription_id = $1 FOR UPDATE")
+            .bind(&sub.id)
+            .fetch_optional(&mut **tx)
+            .await?;
+    let from = current.and_then(|s| s.parse::<SubscriptionStatus>().ok());
+    let to = match from {
+        Some(f) if f.is_terminal() && f != sub.status => {
+            // The provider never revives a terminal subscription: keep ours, and say so.
+            metrics::counter!("saas_billing_illegal_transitions_total").increment(1);
+            tracing::warn!(subscription = %sub.id, from = %f, to = %sub.status, "terminal subscription reported live; kept terminal");
+            f
+        }
+        Some(f) => {
+            if let Err(e) = f.transition(sub.status) {
+                // The mirror missed steps (dropped events); the provider's state is the truth.
+                metrics::counter!("saas_billing_illegal_transitions_total").increment(1);
+                tracing::warn!(subscription = %sub.id, error = %e, "unexpected status change applied from the provider");
+            }
+            sub.status
+        }
+        None => sub.status,
+    };
+    sqlx::query(
+        "INSERT INTO saas.billing_subscriptions (tenant_id, subscription_id, customer_id, status, status_since, \
+             price_lookup_key, quantity, current_period_end, trial_end, cancel_at_period_end, synced_at) \
+         VALUES ($1, $2, $3, $4, now(), $5, $6, $7, $8, $9, now()) \
+         ON CONFLICT (tenant_id, subscription_id) DO UPDATE SET \
+             status_since = CASE WHEN billing_subscriptions.status = excluded.status \
+                                 THEN billing_subscriptions.status_since ELSE now() END, \
+             status = excluded.status, price_lookup_key = excluded.price_lookup_key, \
+             quantity = excluded.quantity, current_period_end = excluded.current_period_end, \
+             trial_end = excluded.trial_end, cancel_at_period_end = excluded.cancel_at_period_end, \
+             synced_at = now()",
+    )
+    .bind(tenant)
+    .bind(&sub.id)
+    .bind(&sub.customer)
+    .bind(to.as_str())
+    .bind(&sub.price_lookup_key)
+    .bind(i64::try_from(sub.quantity).unwrap_or(i64::MAX))
+    .bind(sub.current_period_end)
+    .bind(sub.trial_end)
+    .bind(sub.cancel_at_period_end)
+    .execute(&mut **tx)
+    .await?;
+    if from == Some(to) {
+        return Ok(None);
+    }
+    sqlx::query(
+        "INSERT INTO saas.billing_transitions (tenant_id, subscription_id, from_status, to_status, cause) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(tenant)
+    .bind(&sub.id)
+    .bind(from.map(SubscriptionStatus::as_str))
+    .bind(to.as_str())
+    .bind(cause)
+    .execute(&mut **tx)
+    .await?;
+    let record = AuditRecord::new(
+        tenant,
+        Actor::System("billing".into()),
+        "billing.subscription_status_changed",
+    )?
+    .target("subscription", &sub.id)
+    .metadata(serde_json::json!({
+        "from": from.map(SubscriptionStatus::as_str),
+        "to": to.as_str(),
+        "cause": cause,
+    }));
+    audit::record(tx, &record).await?;
+    tracing::info!(tenant_id = %tenant, subscription = %sub.id, from = ?from.map(SubscriptionStatus::as_str), to = %to, cause, "subscription status changed");
+    Ok(Some((from, to)))
+}
