@@ -3,3 +3,15 @@
 
 mod sync;
 mod webhook;
+
+/// A database of its own with every migration saas-billing needs.
+pub async fn db() -> saas_core::testkit::TestDb {
+    saas_core::testkit::TestDb::new(&[
+        &saas_core::MIGRATOR,
+        &saas_tenancy::MIGRATOR,
+        &saas_events::MIGRATOR,
+        &saas_billing::MIGRATOR,
+    ])
+    .await
+    .unwrap()
+}

@@ -18,7 +18,6 @@ use saas_billing::sync::{Processed, process_event};
 use saas_billing::webhook::{WebhookEndpoint, WebhookSecrets, sign};
 use saas_core::TenantId;
 use saas_core::clock::{Clock, ManualClock};
-use saas_core::testkit::TestDb;
 use saas_tenancy::PlatformPool;
 use tower::ServiceExt;
 
@@ -174,16 +173,7 @@ fn every_lifecycle_converges_whatever_the_delivery_order_and_duplicates() {
         .enable_all()
         .build()
         .unwrap();
-    let db = rt.block_on(async {
-        TestDb::new(&[
-            &saas_core::MIGRATOR,
-            &saas_tenancy::MIGRATOR,
-            &saas_events::MIGRATOR,
-            &saas_billing::MIGRATOR,
-        ])
-        .await
-        .unwrap()
-    });
+    let db = rt.block_on(async { crate::db().await });
     let platform = PlatformPool::new(db.platform().clone());
     for (name, unpaid, expected, steps) in lifecycles() {
         let mut runner = TestRunner::new(Config {
@@ -280,14 +270,7 @@ fn shuffle(v: &mut [usize], mut seed: u64) {
 
 #[tokio::test]
 async fn the_application_role_reads_its_mirror_and_writes_none_of_it() {
-    let db = TestDb::new(&[
-        &saas_core::MIGRATOR,
-        &saas_tenancy::MIGRATOR,
-        &saas_events::MIGRATOR,
-        &saas_billing::MIGRATOR,
-    ])
-    .await
-    .unwrap();
+    let db = crate::db().await;
     let platform = PlatformPool::new(db.platform().clone());
     let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap());
     let sim = Arc::new(Simulator::new(clock));
@@ -323,14 +306,7 @@ async fn the_application_role_reads_its_mirror_and_writes_none_of_it() {
 
 #[tokio::test]
 async fn a_worker_applies_delivered_events_to_the_mirror() {
-    let db = TestDb::new(&[
-        &saas_core::MIGRATOR,
-        &saas_tenancy::MIGRATOR,
-        &saas_events::MIGRATOR,
-        &saas_billing::MIGRATOR,
-    ])
-    .await
-    .unwrap();
+    let db = crate::db().await;
     let platform = PlatformPool::new(db.platform().clone());
     let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap());
     let sim = Arc::new(Simulator::new(clock.clone()));

@@ -20,14 +20,7 @@ struct Setup {
 }
 
 async fn setup(secrets: WebhookSecrets) -> Setup {
-    let db = TestDb::new(&[
-        &saas_core::MIGRATOR,
-        &saas_tenancy::MIGRATOR,
-        &saas_events::MIGRATOR,
-        &saas_billing::MIGRATOR,
-    ])
-    .await
-    .unwrap();
+    let db = crate::db().await;
     let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 6, 1, 12, 0, 0).unwrap());
     let endpoint = WebhookEndpoint::new(PlatformPool::new(db.platform().clone()), secrets).clock(clock.clone());
     Setup { db, clock, endpoint }
