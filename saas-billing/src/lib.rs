@@ -13,8 +13,10 @@
 //! | [`sync`] | processing: each stored event's subscription refetched from the provider and applied to the mirror, serialised per subscription, with a transition history and the tenant's audit log |
 //! | [`BillingProvider`], [`Simulator`] | what the mirror reads from the provider; an in-memory provider (not Stripe) that walks Stripe's lifecycles on a `ManualClock` and emits Stripe's events |
 //!
-//! Still to come (see the crate's CHANGELOG): the Stripe client, reconciliation, the
-//! catalog's push and drift check, entitlements and usage metering.
+//! | [`reconcile`](mod@reconcile) | the mirror compared with the provider, drift fixed and reported; on a schedule or on demand |
+//!
+//! Still to come (see the crate's CHANGELOG): the Stripe client, the catalog's push and
+//! drift check, entitlements and usage metering.
 //!
 //! ## Receive Stripe's webhooks
 //!
@@ -54,6 +56,7 @@
 pub mod access;
 pub mod catalog;
 pub mod provider;
+pub mod reconcile;
 pub mod simulator;
 pub mod status;
 pub mod sync;

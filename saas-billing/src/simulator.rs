@@ -446,6 +446,10 @@ impl BillingProvider for Simulator {
         Ok(self.with(|s, _| s.subs.get(id).map(|sim| sim.sub.clone())))
     }
 
+    async fn customers(&self) -> Result<Vec<Customer>, ProviderError> {
+        Ok(self.with(|s, _| s.customers.values().map(|c| c.0.clone()).collect()))
+    }
+
     async fn subscriptions_of(&self, customer: &str) -> Result<Vec<Subscription>, ProviderError> {
         Ok(self.with(|s, _| {
             s.subs

@@ -13,6 +13,7 @@ use proptest::test_runner::{Config, TestRunner};
 use saas_billing::SubscriptionStatus;
 use saas_billing::catalog::Interval;
 use saas_billing::provider::BillingProvider;
+use saas_billing::reconcile::reconcile;
 use saas_billing::simulator::Simulator;
 use saas_billing::sync::{Processed, process_event};
 use saas_billing::webhook::{WebhookEndpoint, WebhookSecrets, sign};
@@ -182,12 +183,14 @@ fn every_lifecycle_converges_whatever_the_delivery_order_and_duplicates() {
             ..Config::default()
         });
         // A permutation of the events' indices (a seed for a shuffle) and extra deliveries.
+        // And which events are never delivered (missed for good, repaired by reconcile).
         let strategy = (
             any::<u64>(),
             proptest::collection::vec(any::<prop::sample::Index>(), 0..6),
+            proptest::collection::vec(any::<bool>(), 0..24),
         );
         runner
-            .run(&strategy, |(seed, extra)| {
+            .run(&strategy, |(seed, extra, dropped)| {
                 rt.block_on(async {
                     let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap());
                     let sim = Simulator::new(clock.clone());
@@ -201,6 +204,7 @@ fn every_lifecycle_converges_whatever_the_delivery_order_and_duplicates() {
                     let mut order: Vec<usize> = (0..events.len()).collect();
                     shuffle(&mut order, seed);
                     order.extend(extra.iter().map(|i| i.index(events.len())));
+                    order.retain(|i| !dropped.get(*i).copied().unwrap_or(false));
                     let endpoint = WebhookEndpoint::new(platform.clone(), WebhookSecrets::new(SECRET).unwrap())
                         .clock(clock.clone());
                     for i in &order {
@@ -217,6 +221,12 @@ fn every_lifecycle_converges_whatever_the_delivery_order_and_duplicates() {
                             prop_assert_eq!(outcome, Processed::Applied(vec![sub.clone()]));
                         }
                     }
+                    // Whatever was missed, a reconciliation repairs; after it, nothing differs.
+                    let report = reconcile(&platform, &sim).await.unwrap();
+                    if order.is_empty() {
+                        prop_assert_eq!(report.drift.len(), 1, "{}: everything dropped", name);
+                    }
+                    prop_assert!(reconcile(&platform, &sim).await.unwrap().drift.is_empty());
                     let truth = sim.subscription(&sub).await.unwrap().unwrap();
                     let mirror: (String, Option<String>, bool, i64) = sqlx::query_as(
                         "SELECT status, price_lookup_key, cancel_at_period_end, quantity \
@@ -386,4 +396,85 @@ async fn a_worker_applies_delivered_events_to_the_mirror() {
     .await
     .unwrap();
     assert_eq!(audited, 1);
+}
+
+#[tokio::test]
+async fn reconcile_reports_and_fixes_what_webhooks_missed_and_runs_on_a_schedule() {
+    let db = crate::db().await;
+    let platform = PlatformPool::new(db.platform().clone());
+    let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap());
+    let sim = Arc::new(Simulator::new(clock.clone()));
+    let (a, b) = (TenantId::new(), TenantId::new());
+    let ca = sim.create_customer(a);
+    sim.set_payment_method(&ca, true).unwrap();
+    let sa = sim.subscribe(&ca, "pro_monthly", Interval::Month, 14).unwrap();
+    saas_billing::sync::sync_subscription(&platform, &*sim, &sa, "evt_seen")
+        .await
+        .unwrap();
+    let cb = sim.create_customer(b);
+    let sb = sim.subscribe(&cb, "pro_monthly", Interval::Month, 0).unwrap();
+    // No webhook reaches us from here on: A's trial ends (active), B never paid (expired).
+    sim.advance(Duration::days(15));
+    let report = reconcile(&platform, &*sim).await.unwrap();
+    assert_eq!(report.checked, 2);
+    let mut drift: Vec<_> = report
+        .drift
+        .iter()
+        .map(|d| (d.subscription.clone(), d.tenant, d.mirror, d.provider, d.fields.clone()))
+        .collect();
+    drift.sort_by(|x, y| x.0.cmp(&y.0));
+    let mut want = vec![
+        (
+            sa.clone(),
+            Some(a),
+            Some(SubscriptionStatus::Trialing),
+            SubscriptionStatus::Active,
+            vec!["status"],
+        ),
+        (
+            sb.clone(),
+            Some(b),
+            None,
+            SubscriptionStatus::IncompleteExpired,
+            vec!["missing"],
+        ),
+    ];
+    want.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(drift, want);
+    assert!(reconcile(&platform, &*sim).await.unwrap().drift.is_empty(), "fixed");
+    let cause: String = sqlx::query_scalar(
+        "SELECT cause FROM saas.billing_transitions WHERE subscription_id = $1 ORDER BY at DESC LIMIT 1",
+    )
+    .bind(&sa)
+    .fetch_one(db.platform())
+    .await
+    .unwrap();
+    assert_eq!(cause, "reconcile");
+
+    // On a schedule: a third tenant's subscription appears in the mirror by itself.
+    let c = TenantId::new();
+    let cc = sim.create_customer(c);
+    sim.set_payment_method(&cc, true).unwrap();
+    let sc = sim.subscribe(&cc, "pro_annual", Interval::Year, 0).unwrap();
+    let builder = saas_events::Worker::builder(platform.clone());
+    let worker = saas_billing::reconcile::schedule(builder, "* * * * * *", platform.clone(), Arc::clone(&sim))
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    let mut status = None;
+    for _ in 0..200 {
+        status =
+            sqlx::query_scalar::<_, String>("SELECT status FROM saas.billing_subscriptions WHERE subscription_id = $1")
+                .bind(&sc)
+                .fetch_optional(db.platform())
+                .await
+                .unwrap();
+        if status.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    worker.shutdown(std::time::Duration::from_secs(5)).await;
+    assert_eq!(status.as_deref(), Some("active"));
 }
