@@ -1,7 +1,9 @@
 -- saas-billing: the webhook inbox. Every verified Stripe event is stored here under its
 -- id, raw (the exact bytes Stripe signed), before anything acts on it; processing
--- marks it. It belongs to the platform: an event names a Stripe customer, and which
--- tenant that is becomes known only when the event is processed (`tenant_id`).
+-- marks it. It belongs to the platform, not to a tenant: an event names a Stripe
+-- customer, which tenant that is becomes known only when the event is processed, and
+-- the ids are Stripe's, unique across all tenants (so no `tenant_id` column: the
+-- application role has no access at all).
 
 CREATE TABLE saas.billing_inbox (
     event_id     text        COLLATE "C" PRIMARY KEY CHECK (length(event_id) BETWEEN 1 AND 255),
@@ -14,7 +16,6 @@ CREATE TABLE saas.billing_inbox (
     raw          text        NOT NULL,
     received_at  timestamptz NOT NULL DEFAULT now(),
     processed_at timestamptz,
-    tenant_id    uuid,
     -- What processing did (`applied`, `ignored: <why>`, `failed: <why>`).
     outcome      text
 );

@@ -3,10 +3,15 @@
 -- export and purge); the application role reads its tenant's rows and writes none —
 -- only billing processing (the platform role) changes what a tenant pays for.
 
+-- Only the platform writes these tables, and it resolves a customer by its id first, so
+-- a customer id is never recorded for two tenants; unique keys still include
+-- `tenant_id` (the isolation verifier's rule: a global unique key is an oracle wherever
+-- a tenant can insert).
 CREATE TABLE saas.billing_customers (
     tenant_id   uuid        NOT NULL PRIMARY KEY,
-    customer_id text        COLLATE "C" NOT NULL UNIQUE CHECK (length(customer_id) BETWEEN 1 AND 255),
-    created_at  timestamptz NOT NULL DEFAULT now()
+    customer_id text        COLLATE "C" NOT NULL CHECK (length(customer_id) BETWEEN 1 AND 255),
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (customer_id, tenant_id)
 );
 SELECT saas.enable_tenant_rls('saas.billing_customers');
 REVOKE INSERT, UPDATE, DELETE ON saas.billing_customers FROM saas_app;
@@ -27,7 +32,7 @@ CREATE TABLE saas.billing_subscriptions (
     synced_at            timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (tenant_id, subscription_id)
 );
-CREATE UNIQUE INDEX billing_subscriptions_id ON saas.billing_subscriptions (subscription_id);
+CREATE INDEX billing_subscriptions_id ON saas.billing_subscriptions (subscription_id);
 SELECT saas.enable_tenant_rls('saas.billing_subscriptions');
 REVOKE INSERT, UPDATE, DELETE ON saas.billing_subscriptions FROM saas_app;
 

@@ -32,6 +32,7 @@ use saas_tests::chrono::Duration;
 use tower::{ServiceBuilder, ServiceExt};
 
 mod authz;
+mod billing;
 mod events;
 mod flags;
 mod hardening;

@@ -61,6 +61,7 @@ impl Fixture {
             &saas_events::MIGRATOR,
             &saas_authz::MIGRATOR,
             &saas_flags::MIGRATOR,
+            &saas_billing::MIGRATOR,
         ])
         .await
         .unwrap();

@@ -1,0 +1,148 @@
+//! Billing: what a tenant pays for is written only by billing processing. Tenant A reads
+//! its own subscription and nothing of B's, cannot change its own plan or status, cannot
+//! read or forge webhook events, and purging A removes A's billing rows only.
+
+use std::sync::Arc;
+
+use saas_billing::catalog::Interval;
+use saas_billing::simulator::Simulator;
+use saas_billing::sync::sync_subscription;
+use saas_core::audit::Actor;
+use saas_tenancy::{PlatformPool, TenantTx, lifecycle};
+use saas_tests::Fixture;
+use saas_tests::chrono::Duration;
+
+use super::code;
+
+/// Both tenants subscribed (through the simulator and the real processing path).
+async fn subscribed(f: &Fixture) -> (Arc<Simulator>, String, String) {
+    let platform = PlatformPool::new(f.db.platform().clone());
+    let sim = Arc::new(Simulator::new(f.clock.clone()));
+    let mut subs = Vec::new();
+    for t in [f.a, f.b] {
+        let c = sim.create_customer(t);
+        sim.set_payment_method(&c, true).unwrap();
+        let s = sim.subscribe(&c, "pro_monthly", Interval::Month, 0).unwrap();
+        sync_subscription(&platform, &*sim, &s, "evt_setup").await.unwrap();
+        subs.push(s);
+    }
+    let b = subs.pop().unwrap();
+    (sim, subs.pop().unwrap(), b)
+}
+
+#[tokio::test]
+async fn attack_60_a_tenant_reads_only_its_billing_and_cannot_grant_itself_a_plan() {
+    let f = Fixture::new().await;
+    let (_sim, a_sub, _b_sub) = subscribed(&f).await;
+    let mut tx = TenantTx::begin(f.db.app(), f.a).await.unwrap();
+    let seen: Vec<String> = sqlx::query_scalar("SELECT subscription_id FROM saas.billing_subscriptions")
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(seen, vec![a_sub.clone()]);
+    for sql in [
+        "SELECT count(*) FROM saas.billing_customers WHERE tenant_id <> saas.current_tenant_id()",
+        "SELECT count(*) FROM saas.billing_transitions WHERE tenant_id <> saas.current_tenant_id()",
+    ] {
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        assert_eq!(n, 0, "{sql}");
+    }
+    // Its own rows are read-only: no upgrade, no un-cancel, no forged history.
+    for sql in [
+        "UPDATE saas.billing_subscriptions SET price_lookup_key = 'business_seat', quantity = 1000",
+        "UPDATE saas.billing_subscriptions SET status = 'active', cancel_at_period_end = false",
+        "INSERT INTO saas.billing_subscriptions (tenant_id, subscription_id, customer_id, status, status_since) \
+         VALUES (saas.current_tenant_id(), 'sub_forged', 'cus_forged', 'active', now())",
+        "DELETE FROM saas.billing_transitions",
+        "UPDATE saas.billing_customers SET customer_id = 'cus_someone_elses'",
+    ] {
+        sqlx::query("SAVEPOINT s").execute(&mut *tx).await.unwrap();
+        let err = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut *tx)
+            .await
+            .unwrap_err();
+        assert_eq!(code(&err), "42501", "{sql}: {err}");
+        sqlx::query("ROLLBACK TO SAVEPOINT s").execute(&mut *tx).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn attack_61_webhook_events_are_neither_readable_nor_forgeable_by_a_tenant() {
+    let f = Fixture::new().await;
+    sqlx::query(
+        "INSERT INTO saas.billing_inbox (event_id, type, livemode, created, object_id, raw) \
+         VALUES ('evt_b', 'invoice.paid', false, now(), 'in_b', '{\"secret\": \"b\"}')",
+    )
+    .execute(f.db.platform())
+    .await
+    .unwrap();
+    let mut tx = TenantTx::begin(f.db.app(), f.a).await.unwrap();
+    for sql in [
+        "SELECT raw FROM saas.billing_inbox",
+        "INSERT INTO saas.billing_inbox (event_id, type, livemode, created, raw) VALUES ('evt_x', 'invoice.paid', false, now(), '{}')",
+        "UPDATE saas.billing_inbox SET processed_at = now()",
+    ] {
+        sqlx::query("SAVEPOINT s").execute(&mut *tx).await.unwrap();
+        let err = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut *tx)
+            .await
+            .unwrap_err();
+        assert_eq!(code(&err), "42501", "{sql}: {err}");
+        sqlx::query("ROLLBACK TO SAVEPOINT s").execute(&mut *tx).await.unwrap();
+    }
+    // A processing job published by the tenant carries the tenant, and processing
+    // refuses such jobs (saas-billing's worker test shows it dead-lettered).
+    let job: uuid::Uuid =
+        sqlx::query_scalar("SELECT saas.publish_job('default', 'billing.stripe_event', '{\"event_id\": \"evt_b\"}')")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+    let tenant: Option<uuid::Uuid> = sqlx::query_scalar("SELECT tenant_id FROM saas.jobs WHERE id = $1")
+        .bind(job)
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(tenant, Some(*f.a.as_uuid()));
+}
+
+#[tokio::test]
+async fn attack_62_purging_a_removes_its_billing_rows_and_nothing_of_b() {
+    let f = Fixture::new().await;
+    let (_sim, _a_sub, b_sub) = subscribed(&f).await;
+    let platform = PlatformPool::new(f.db.platform().clone());
+    lifecycle::request_deletion(&platform, f.a, Some(Duration::days(30)), Actor::User(f.alice), &f.clock)
+        .await
+        .unwrap();
+    f.clock.advance(Duration::days(60));
+    lifecycle::purge(&platform, f.a, Actor::System("test".into()), &f.clock)
+        .await
+        .unwrap();
+    let count = |sql: &'static str, tenant| {
+        let pool = f.db.platform().clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .bind(tenant)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    for sql in [
+        "SELECT count(*) FROM saas.billing_customers WHERE tenant_id = $1",
+        "SELECT count(*) FROM saas.billing_subscriptions WHERE tenant_id = $1",
+        "SELECT count(*) FROM saas.billing_transitions WHERE tenant_id = $1",
+    ] {
+        assert_eq!(count(sql, f.a).await, 0, "{sql}");
+        assert_eq!(count(sql, f.b).await, 1, "{sql}");
+    }
+    let b_status: String =
+        sqlx::query_scalar("SELECT status FROM saas.billing_subscriptions WHERE subscription_id = $1")
+            .bind(&b_sub)
+            .fetch_one(f.db.platform())
+            .await
+            .unwrap();
+    assert_eq!(b_status, "active");
+}
