@@ -14,8 +14,10 @@
 //! | [`BillingProvider`], [`Simulator`] | what the mirror reads from the provider; an in-memory provider (not Stripe) that walks Stripe's lifecycles on a `ManualClock` and emits Stripe's events |
 //!
 //! | [`reconcile`](mod@reconcile) | the mirror compared with the provider, drift fixed and reported; on a schedule or on demand |
+//! | `stripe` (feature `stripe`) | the Stripe client: idempotency keys, retries honouring `Retry-After`, a cap on requests in flight, a redacted key; the provider's read side and customer creation |
 //!
-//! Still to come (see the crate's CHANGELOG): the Stripe client, the catalog's push and
+//! Still to come (see the crate's CHANGELOG): the provider's write side (checkout and
+//! portal sessions, subscription changes with proration, usage), the catalog's push and
 //! drift check, entitlements and usage metering.
 //!
 //! ## Receive Stripe's webhooks
@@ -59,6 +61,8 @@ pub mod provider;
 pub mod reconcile;
 pub mod simulator;
 pub mod status;
+#[cfg(feature = "stripe")]
+pub mod stripe;
 pub mod sync;
 pub mod webhook;
 
