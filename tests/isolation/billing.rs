@@ -14,6 +14,17 @@ use saas_tests::chrono::Duration;
 
 use super::code;
 
+/// Runs `sql` in a savepoint and asserts the application role was refused (42501).
+async fn refused(tx: &mut TenantTx, sql: &'static str) {
+    sqlx::query("SAVEPOINT s").execute(&mut **tx).await.unwrap();
+    let err = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .execute(&mut **tx)
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), "42501", "{sql}: {err}");
+    sqlx::query("ROLLBACK TO SAVEPOINT s").execute(&mut **tx).await.unwrap();
+}
+
 /// Both tenants subscribed (through the simulator and the real processing path).
 async fn subscribed(f: &Fixture) -> (Arc<Simulator>, String, String) {
     let platform = PlatformPool::new(f.db.platform().clone());
@@ -59,13 +70,7 @@ async fn attack_60_a_tenant_reads_only_its_billing_and_cannot_grant_itself_a_pla
         "DELETE FROM saas.billing_transitions",
         "UPDATE saas.billing_customers SET customer_id = 'cus_someone_elses'",
     ] {
-        sqlx::query("SAVEPOINT s").execute(&mut *tx).await.unwrap();
-        let err = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .execute(&mut *tx)
-            .await
-            .unwrap_err();
-        assert_eq!(code(&err), "42501", "{sql}: {err}");
-        sqlx::query("ROLLBACK TO SAVEPOINT s").execute(&mut *tx).await.unwrap();
+        refused(&mut tx, sql).await;
     }
 }
 
@@ -85,13 +90,7 @@ async fn attack_61_webhook_events_are_neither_readable_nor_forgeable_by_a_tenant
         "INSERT INTO saas.billing_inbox (event_id, type, livemode, created, raw) VALUES ('evt_x', 'invoice.paid', false, now(), '{}')",
         "UPDATE saas.billing_inbox SET processed_at = now()",
     ] {
-        sqlx::query("SAVEPOINT s").execute(&mut *tx).await.unwrap();
-        let err = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .execute(&mut *tx)
-            .await
-            .unwrap_err();
-        assert_eq!(code(&err), "42501", "{sql}: {err}");
-        sqlx::query("ROLLBACK TO SAVEPOINT s").execute(&mut *tx).await.unwrap();
+        refused(&mut tx, sql).await;
     }
     // A processing job published by the tenant carries the tenant, and processing
     // refuses such jobs (saas-billing's worker test shows it dead-lettered).
