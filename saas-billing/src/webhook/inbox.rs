@@ -59,6 +59,11 @@ impl Inbox {
         }
     }
 
+    /// The pool the writers store into.
+    pub(crate) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     /// Stores `event` (queued with the others waiting) and says whether it was new.
     pub(crate) async fn store(&self, event: Stored) -> Result<Ingested, Arc<sqlx::Error>> {
         self.started.get_or_init(|| {

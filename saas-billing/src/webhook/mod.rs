@@ -82,7 +82,8 @@ impl IntoProblem for WebhookError {
         match self {
             WebhookError::Method => Problem::new(StatusCode::METHOD_NOT_ALLOWED)
                 .with_type("method-not-allowed")
-                .with_detail("Webhooks are delivered with POST."),
+                .with_detail("Webhooks are delivered with POST.")
+                .with_header(http::header::ALLOW, http::HeaderValue::from_static("POST")),
             WebhookError::TooLarge(max) => Problem::new(StatusCode::PAYLOAD_TOO_LARGE)
                 .with_type("webhook-too-large")
                 .with_detail(format!("The delivery is larger than {max} bytes.")),
@@ -126,7 +127,6 @@ struct ObjectRef {
 }
 
 struct Config {
-    pool: PlatformPool,
     inbox: inbox::Inbox,
     secrets: WebhookSecrets,
     clock: Arc<dyn Clock>,
@@ -156,7 +156,6 @@ impl WebhookEndpoint {
         Self {
             config: Arc::new(Config {
                 inbox: inbox::Inbox::new(pool.as_pool().clone()),
-                pool,
                 secrets,
                 clock: Arc::new(SystemClock),
                 max_body: DEFAULT_MAX_BODY,
@@ -166,8 +165,7 @@ impl WebhookEndpoint {
 
     fn map(self, f: impl FnOnce(&mut Config)) -> Self {
         let mut config = Arc::try_unwrap(self.config).unwrap_or_else(|shared| Config {
-            inbox: inbox::Inbox::new(shared.pool.as_pool().clone()),
-            pool: shared.pool.clone(),
+            inbox: inbox::Inbox::new(shared.inbox.pool().clone()),
             secrets: shared.secrets.clone(),
             clock: Arc::clone(&shared.clock),
             max_body: shared.max_body,
@@ -261,15 +259,7 @@ impl WebhookEndpoint {
                 );
                 res
             }
-            Err(e) => {
-                let problem = e.to_problem();
-                let problem = if e.is_method() {
-                    problem.with_header(http::header::ALLOW, http::HeaderValue::from_static("POST"))
-                } else {
-                    problem
-                };
-                problem.into_http()
-            }
+            Err(e) => e.to_problem().into_http(),
         }
     }
 }
@@ -287,12 +277,6 @@ impl std::fmt::Display for ArcError {
 impl std::error::Error for ArcError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         Some(&*self.0)
-    }
-}
-
-impl WebhookError {
-    fn is_method(&self) -> bool {
-        matches!(self, WebhookError::Method)
     }
 }
 
