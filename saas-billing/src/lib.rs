@@ -57,6 +57,7 @@
 
 pub mod access;
 pub mod catalog;
+pub mod customers;
 pub mod provider;
 pub mod reconcile;
 pub mod simulator;
@@ -68,6 +69,7 @@ pub mod webhook;
 
 pub use access::{Access, AccessPolicy, AccessReason, Lapsed, Mode};
 pub use catalog::{Catalog, CatalogError};
+pub use customers::customer_for;
 pub use provider::{BillingProvider, ProviderError};
 pub use simulator::Simulator;
 pub use status::{SubscriptionStatus, TransitionError, UnknownStatus};

@@ -21,6 +21,15 @@
 //!
 //! The retry schedule is Stripe's classic custom schedule (3, 5, 7 days) ending in
 //! cancellation, the account default; Smart Retries' timing is Stripe's own and not modelled.
+//!
+//! Through [`BillingProvider`] it also takes the product's calls: checkout sessions
+//! (completed with [`Simulator::complete_checkout`], which emits
+//! `checkout.session.completed`), portal sessions, subscription changes with a proration
+//! preview, invoices and metered usage (each identifier counted once). Give it the
+//! catalog ([`Simulator::with_catalog`]) for amounts, intervals and currencies; its
+//! arithmetic is day-based (30-day months, 365-day years) with no tax, and discounts are
+//! recorded but not applied to amounts. Its URLs (`https://….simulator.invalid/…`) lead
+//! nowhere.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -29,8 +38,11 @@ use chrono::{DateTime, Duration, Utc};
 use saas_core::TenantId;
 use saas_core::clock::{Clock, ManualClock};
 
-use crate::catalog::Interval;
-use crate::provider::{BillingProvider, Customer, ProviderError, Subscription};
+use crate::catalog::{Catalog, Charge, Interval};
+use crate::provider::{
+    BillingProvider, CancelAt, CheckoutRequest, Customer, Discount, HostedSession, Invoice, InvoiceLine,
+    NewSubscription, Proration, ProviderError, Subscription, SubscriptionChange, UsageEvent,
+};
 use crate::status::SubscriptionStatus;
 
 /// Days after the first failed payment at which it is retried.
@@ -87,6 +99,15 @@ struct State {
     subs: BTreeMap<String, Sim>,
     events: Vec<SimulatedEvent>,
     next: u64,
+    /// Lookup key → (amount, currency, interval, charge), from the catalogs given.
+    prices: BTreeMap<String, (i64, String, Interval, Charge)>,
+    /// The currency each customer pays in (set by its first subscription).
+    currencies: BTreeMap<String, String>,
+    checkouts: BTreeMap<String, (CheckoutRequest, bool)>,
+    invoices: BTreeMap<String, Invoice>,
+    /// Meter events by identifier (a repeated identifier is not counted again).
+    usage: BTreeMap<String, UsageEvent>,
+    discounts: BTreeMap<String, Discount>,
 }
 
 /// The simulated provider. Cheap to clone (clones share state).
@@ -106,6 +127,28 @@ pub enum SimulatorError {
     /// The subscription's status does not allow the call.
     #[error("the subscription is {0}; this change is not allowed")]
     NotAllowed(SubscriptionStatus),
+    /// The customer already pays in another currency.
+    #[error("customer {customer} pays in {has}, not {wanted}")]
+    Currency {
+        /// The customer.
+        customer: String,
+        /// Its currency.
+        has: String,
+        /// The price's.
+        wanted: String,
+    },
+}
+
+impl From<SimulatorError> for ProviderError {
+    fn from(e: SimulatorError) -> Self {
+        match e {
+            SimulatorError::NoSuchObject(id) => ProviderError::NotFound(id),
+            SimulatorError::Currency { customer, has, wanted } => {
+                ProviderError::CurrencyMismatch { customer, has, wanted }
+            }
+            other => ProviderError::Refused(other.to_string()),
+        }
+    }
 }
 
 impl Simulator {
@@ -131,6 +174,76 @@ impl Simulator {
     pub fn unpaid_when_retries_run_out(self) -> Self {
         self.with(|s, _| s.exhausted_unpaid = true);
         self
+    }
+
+    /// Knows the prices of `catalog`: their amounts (for invoices and proration previews),
+    /// intervals and currency. Without a catalog every lookup key is taken as a monthly
+    /// price of 0.
+    pub fn with_catalog(self, catalog: &Catalog) -> Self {
+        self.with(|s, _| {
+            for plan in catalog.plans() {
+                for price in plan.prices() {
+                    s.prices.insert(
+                        price.lookup_key().to_owned(),
+                        (
+                            price.amount(),
+                            catalog.currency().to_owned(),
+                            price.interval(),
+                            price.charge().clone(),
+                        ),
+                    );
+                }
+            }
+        });
+        self
+    }
+
+    /// The customer pays on the checkout page `session` (`pays`: whether its card works):
+    /// the subscription starts (with the session's trial) and `checkout.session.completed`
+    /// is emitted. Returns the subscription's id.
+    pub fn complete_checkout(&self, session: &str, pays: bool) -> Result<String, SimulatorError> {
+        let (req, done) = self
+            .with(|s, _| s.checkouts.get(session).cloned())
+            .ok_or_else(|| SimulatorError::NoSuchObject(session.into()))?;
+        if done {
+            return Err(SimulatorError::NoSuchObject(format!("{session} (already completed)")));
+        }
+        self.set_payment_method(&req.customer, pays)?;
+        let interval = self.interval_of(&req.price);
+        let sub = self.subscribe(&req.customer, &req.price, interval, req.trial_days.unwrap_or(0))?;
+        self.with(|s, now| {
+            if let Some(sim) = s.subs.get_mut(&sub) {
+                sim.sub.quantity = req.quantity;
+            }
+            if let Some(d) = &req.discount {
+                s.discounts.insert(sub.clone(), d.clone());
+            }
+            s.checkouts.insert(session.to_owned(), (req.clone(), true));
+            s.emit(
+                "checkout.session.completed",
+                now,
+                serde_json::json!({
+                    "id": session, "object": "checkout.session", "mode": "subscription", "status": "complete",
+                    "customer": req.customer, "subscription": sub, "client_reference_id": req.tenant.to_string(),
+                }),
+            );
+        });
+        Ok(sub)
+    }
+
+    /// The usage reported to `meter` for `customer` so far (each identifier once).
+    pub fn usage_reported(&self, customer: &str, meter: &str) -> u64 {
+        self.with(|s, _| {
+            s.usage
+                .values()
+                .filter(|u| u.customer == customer && u.meter == meter)
+                .map(|u| u.value)
+                .sum()
+        })
+    }
+
+    fn interval_of(&self, lookup_key: &str) -> Interval {
+        self.with(|s, _| s.prices.get(lookup_key).map_or(Interval::Month, |p| p.2))
     }
 
     /// Every event emitted so far, in order.
@@ -184,6 +297,7 @@ impl Simulator {
                 .get(customer)
                 .ok_or_else(|| SimulatorError::NoSuchObject(customer.into()))?
                 .1;
+            s.check_currency(customer, lookup_key)?;
             let id = s.id("sub");
             let trial_end = (trial_days > 0).then(|| now + Duration::days(i64::from(trial_days)));
             let mut sim = Sim {
@@ -345,13 +459,131 @@ impl State {
     }
 
     fn emit_invoice(&mut self, sub: &str, paid: bool, at: DateTime<Utc>) {
+        let lines = self.period_lines(sub);
+        self.emit_invoice_of(sub, lines, paid, at);
+    }
+
+    /// Stores an invoice of `lines` for `sub` and emits its event.
+    fn emit_invoice_of(&mut self, sub: &str, lines: Vec<InvoiceLine>, paid: bool, at: DateTime<Utc>) {
         let id = self.id("in");
-        let customer = self.subs.get(sub).map(|s| s.sub.customer.clone());
+        let customer = self.subs.get(sub).map(|s| s.sub.customer.clone()).unwrap_or_default();
+        let currency = self.currencies.get(&customer).cloned().unwrap_or_else(|| "usd".into());
+        let total: i64 = lines.iter().map(|l| l.amount).sum();
         let status = if paid { "paid" } else { "open" };
+        let invoice = Invoice {
+            id: Some(id.clone()),
+            customer: customer.clone(),
+            subscription: Some(sub.to_owned()),
+            status: Some(status.to_owned()),
+            currency: currency.clone(),
+            amount_due: total,
+            amount_paid: if paid { total } else { 0 },
+            hosted_invoice_url: Some(format!("https://invoice.simulator.invalid/{id}")),
+            lines,
+        };
+        self.invoices.insert(id.clone(), invoice);
         let object = serde_json::json!({
-            "id": id, "object": "invoice", "subscription": sub, "customer": customer, "status": status,
+            "id": id, "object": "invoice", "customer": customer, "status": status, "currency": currency,
+            "amount_due": total, "amount_paid": if paid { total } else { 0 },
+            "parent": {"type": "subscription_details", "subscription_details": {"subscription": sub}},
         });
         self.emit(if paid { "invoice.paid" } else { "invoice.payment_failed" }, at, object);
+    }
+
+    /// What one period of `sub` costs at its current price and seats.
+    fn period_amount(&self, price: Option<&str>, quantity: u64) -> i64 {
+        let Some((amount, _, _, charge)) = price.and_then(|p| self.prices.get(p)) else {
+            return 0;
+        };
+        match charge {
+            Charge::Flat => *amount,
+            Charge::PerSeat => amount.saturating_mul(i64::try_from(quantity).unwrap_or(i64::MAX)),
+            // Usage is counted (`usage_reported`), not invoiced, by the simulator.
+            Charge::Metered { .. } => 0,
+        }
+    }
+
+    fn period_lines(&self, sub: &str) -> Vec<InvoiceLine> {
+        let Some(sim) = self.subs.get(sub) else {
+            return Vec::new();
+        };
+        let key = sim.sub.price_lookup_key.as_deref();
+        vec![InvoiceLine {
+            description: format!("{} × {}", sim.sub.quantity, key.unwrap_or("?")),
+            amount: self.period_amount(key, sim.sub.quantity),
+            proration: false,
+        }]
+    }
+
+    /// The proration lines of `change` to `sub` now: unused time credited, the rest of the
+    /// period charged at the new price and seats.
+    fn proration_lines(&self, sub: &str, change: &SubscriptionChange, now: DateTime<Utc>) -> Vec<InvoiceLine> {
+        let Some(sim) = self.subs.get(sub) else {
+            return Vec::new();
+        };
+        if change.proration == Proration::None || sim.sub.status == SubscriptionStatus::Trialing {
+            return Vec::new();
+        }
+        let Some(end) = sim.sub.current_period_end else {
+            return Vec::new();
+        };
+        let old_key = sim.sub.price_lookup_key.as_deref();
+        let new_key = change.price.as_deref().or(old_key);
+        let new_interval = new_key.and_then(|k| self.prices.get(k)).map_or(sim.interval, |p| p.2);
+        let quantity = change.quantity.unwrap_or(sim.sub.quantity);
+        let length = (next_period(now, sim.interval) - now).num_seconds().max(1);
+        let left = (end - now).num_seconds().clamp(0, length);
+        let share =
+            |amount: i64| i64::try_from(i128::from(amount) * i128::from(left) / i128::from(length)).unwrap_or(i64::MAX);
+        let old = self.period_amount(old_key, sim.sub.quantity);
+        let new = self.period_amount(new_key, quantity);
+        if new_interval != sim.interval {
+            // A change of interval starts a new period now: the unused time is credited and
+            // the new price charged in full.
+            return vec![
+                InvoiceLine {
+                    description: format!("Unused time on {}", old_key.unwrap_or("?")),
+                    amount: -share(old),
+                    proration: true,
+                },
+                InvoiceLine {
+                    description: format!("{quantity} × {}", new_key.unwrap_or("?")),
+                    amount: new,
+                    proration: false,
+                },
+            ];
+        }
+        vec![
+            InvoiceLine {
+                description: format!("Unused time on {}", old_key.unwrap_or("?")),
+                amount: -share(old),
+                proration: true,
+            },
+            InvoiceLine {
+                description: format!("Remaining time on {quantity} × {}", new_key.unwrap_or("?")),
+                amount: share(new),
+                proration: true,
+            },
+        ]
+    }
+
+    /// Fixes `customer`'s currency at its first price; refuses a price in another.
+    fn check_currency(&mut self, customer: &str, lookup_key: &str) -> Result<(), SimulatorError> {
+        let Some(wanted) = self.prices.get(lookup_key).map(|p| p.1.clone()) else {
+            return Ok(());
+        };
+        match self.currencies.get(customer) {
+            Some(has) if *has != wanted => Err(SimulatorError::Currency {
+                customer: customer.to_owned(),
+                has: has.clone(),
+                wanted,
+            }),
+            Some(_) => Ok(()),
+            None => {
+                self.currencies.insert(customer.to_owned(), wanted);
+                Ok(())
+            }
+        }
     }
 
     fn live(&mut self, id: &str) -> Result<&mut Sim, SimulatorError> {
@@ -458,5 +690,179 @@ impl BillingProvider for Simulator {
                 .map(|sim| sim.sub.clone())
                 .collect()
         }))
+    }
+    async fn create_customer(&self, tenant: TenantId, _email: Option<&str>) -> Result<Customer, ProviderError> {
+        let existing = self.with(|s, _| {
+            s.customers
+                .values()
+                .find(|c| c.0.tenant == Some(tenant) && !c.0.deleted)
+                .map(|c| c.0.clone())
+        });
+        match existing {
+            Some(c) => Ok(c),
+            None => {
+                let id = Simulator::create_customer(self, tenant);
+                Ok(self.with(|s, _| s.customers[&id].0.clone()))
+            }
+        }
+    }
+
+    async fn checkout_session(&self, req: &CheckoutRequest) -> Result<HostedSession, ProviderError> {
+        if req.discount.is_some() && req.allow_promotion_codes {
+            return Err(ProviderError::Refused(
+                "a checkout session takes a discount or a promotion-code field, not both".into(),
+            ));
+        }
+        self.with(|s, _| {
+            if !s.customers.contains_key(&req.customer) {
+                return Err(ProviderError::NotFound(req.customer.clone()));
+            }
+            if !s.prices.is_empty() && !s.prices.contains_key(&req.price) {
+                return Err(ProviderError::NotFound(format!("price with lookup key {}", req.price)));
+            }
+            if let (Some(has), Some(p)) = (s.currencies.get(&req.customer), s.prices.get(&req.price))
+                && *has != p.1
+            {
+                return Err(ProviderError::CurrencyMismatch {
+                    customer: req.customer.clone(),
+                    has: has.clone(),
+                    wanted: p.1.clone(),
+                });
+            }
+            let id = s.id("cs");
+            s.checkouts.insert(id.clone(), (req.clone(), false));
+            Ok(HostedSession {
+                url: format!("https://checkout.simulator.invalid/{id}"),
+                id,
+            })
+        })
+    }
+
+    async fn portal_session(&self, customer: &str, _return_url: &str) -> Result<HostedSession, ProviderError> {
+        self.with(|s, _| {
+            if !s.customers.contains_key(customer) {
+                return Err(ProviderError::NotFound(customer.to_owned()));
+            }
+            let id = s.id("bps");
+            Ok(HostedSession {
+                url: format!("https://billing.simulator.invalid/{id}"),
+                id,
+            })
+        })
+    }
+
+    async fn create_subscription(&self, req: &NewSubscription) -> Result<Subscription, ProviderError> {
+        if !self.with(|s, _| s.prices.is_empty() || s.prices.contains_key(&req.price)) {
+            return Err(ProviderError::NotFound(format!("price with lookup key {}", req.price)));
+        }
+        let interval = self.interval_of(&req.price);
+        let id = self.subscribe(&req.customer, &req.price, interval, req.trial_days.unwrap_or(0))?;
+        self.with(|s, _| {
+            if let Some(d) = &req.discount {
+                s.discounts.insert(id.clone(), d.clone());
+            }
+            let sim = s.subs.get_mut(&id).ok_or_else(|| ProviderError::NotFound(id.clone()))?;
+            sim.sub.quantity = req.quantity;
+            Ok(sim.sub.clone())
+        })
+    }
+
+    async fn update_subscription(&self, id: &str, change: &SubscriptionChange) -> Result<Subscription, ProviderError> {
+        self.with(|s, now| {
+            let customer = s.live(id)?.sub.customer.clone();
+            if let Some(p) = &change.price {
+                if !s.prices.is_empty() && !s.prices.contains_key(p) {
+                    return Err(ProviderError::NotFound(format!("price with lookup key {p}")));
+                }
+                s.check_currency(&customer, p)?;
+            }
+            let prorations = s.proration_lines(id, change, now);
+            let new_interval = change.price.as_deref().and_then(|p| s.prices.get(p)).map(|p| p.2);
+            let sim = s.live(id)?;
+            let interval_changed = new_interval.is_some_and(|i| i != sim.interval);
+            if let Some(p) = &change.price {
+                sim.sub.price_lookup_key = Some(p.clone());
+            }
+            if let Some(i) = new_interval {
+                sim.interval = i;
+            }
+            if let Some(q) = change.quantity {
+                sim.sub.quantity = q;
+            }
+            if let Some(c) = change.cancel_at_period_end {
+                sim.sub.cancel_at_period_end = c;
+            }
+            if interval_changed && sim.sub.status == SubscriptionStatus::Active {
+                // A new billing period starts now.
+                sim.sub.current_period_end = Some(next_period(now, sim.interval));
+            }
+            s.emit_sub("customer.subscription.updated", id, now);
+            let invoice_now = change.proration == Proration::AlwaysInvoice || interval_changed;
+            if invoice_now && !prorations.is_empty() {
+                let pays = s.payment_method(id) == Some(true);
+                s.emit_invoice_of(id, prorations, pays, now);
+            }
+            Ok(s.subs[id].sub.clone())
+        })
+    }
+
+    async fn preview_change(&self, id: &str, change: &SubscriptionChange) -> Result<Invoice, ProviderError> {
+        self.with(|s, now| {
+            let sim = s.subs.get(id).ok_or_else(|| ProviderError::NotFound(id.to_owned()))?;
+            let customer = sim.sub.customer.clone();
+            let mut lines = s.proration_lines(id, change, now);
+            let interval_changed = change
+                .price
+                .as_deref()
+                .and_then(|p| s.prices.get(p))
+                .is_some_and(|p| p.2 != sim.interval);
+            if change.proration != Proration::AlwaysInvoice && !interval_changed {
+                // The next invoice: the prorations plus the next period at the new terms.
+                let key = change.price.as_deref().or(sim.sub.price_lookup_key.as_deref());
+                let quantity = change.quantity.unwrap_or(sim.sub.quantity);
+                lines.push(InvoiceLine {
+                    description: format!("{quantity} × {}", key.unwrap_or("?")),
+                    amount: s.period_amount(key, quantity),
+                    proration: false,
+                });
+            }
+            let currency = s.currencies.get(&customer).cloned().unwrap_or_else(|| "usd".into());
+            let total = lines.iter().map(|l| l.amount).sum();
+            Ok(Invoice {
+                id: None,
+                customer,
+                subscription: Some(id.to_owned()),
+                status: Some("draft".into()),
+                currency,
+                amount_due: total,
+                amount_paid: 0,
+                hosted_invoice_url: None,
+                lines,
+            })
+        })
+    }
+
+    async fn cancel_subscription(&self, id: &str, at: CancelAt) -> Result<Subscription, ProviderError> {
+        self.cancel(id, at == CancelAt::PeriodEnd)?;
+        Ok(self.with(|s, _| s.subs[id].sub.clone()))
+    }
+
+    async fn resume_subscription(&self, id: &str) -> Result<Subscription, ProviderError> {
+        self.resume(id)?;
+        Ok(self.with(|s, _| s.subs[id].sub.clone()))
+    }
+
+    async fn invoice(&self, id: &str) -> Result<Option<Invoice>, ProviderError> {
+        Ok(self.with(|s, _| s.invoices.get(id).cloned()))
+    }
+
+    async fn report_usage(&self, event: &UsageEvent) -> Result<(), ProviderError> {
+        self.with(|s, _| {
+            if !s.customers.contains_key(&event.customer) {
+                return Err(ProviderError::NotFound(event.customer.clone()));
+            }
+            s.usage.entry(event.identifier.clone()).or_insert_with(|| event.clone());
+            Ok(())
+        })
     }
 }

@@ -11,11 +11,30 @@
 //!   not the request.
 //! - Ids are checked before they go into a path (`[A-Za-z0-9_]` only).
 //!
-//! Prices are named by their `lookup_key`; on accounts (or stand-ins such as localstripe)
-//! that still use the legacy plans API, a subscription item without a price is named by
-//! its plan's id, so plans created with the catalog's lookup keys as ids read the same.
+//! Prices are named by their `lookup_key`: the client resolves a key to its active price
+//! (`GET /v1/prices?lookup_keys[]=…`, cached) before it sends one. On accounts (or
+//! stand-ins such as localstripe) that still use the legacy plans API,
+//! [`Stripe::legacy_plans`] names prices by plan id instead (`items[0][plan]`), the
+//! plans having been created with the catalog's lookup keys as ids; reading, a
+//! subscription item without a price lookup key is named by its plan's id either way.
+//!
+//! | call | Stripe endpoint |
+//! |---|---|
+//! | `create_customer` | `POST /v1/customers` (idempotency key per tenant) |
+//! | `checkout_session` | `POST /v1/checkout/sessions` (`mode=subscription`) |
+//! | `portal_session` | `POST /v1/billing_portal/sessions` |
+//! | `create_subscription` | `POST /v1/subscriptions` |
+//! | `update_subscription` | `POST /v1/subscriptions/{id}` (the first item replaced) |
+//! | `preview_change` | `POST /v1/invoices/create_preview` with `subscription_details` |
+//! | `cancel_subscription` | `DELETE /v1/subscriptions/{id}`, or `cancel_at_period_end=true` |
+//! | `resume_subscription` | `POST /v1/subscriptions/{id}/resume` |
+//! | `invoice` | `GET /v1/invoices/{id}` |
+//! | `report_usage` | `POST /v1/billing/meter_events` (the identifier is also the idempotency key) |
+//!
+//! `proration_behavior` is sent only when it is not Stripe's default (`create_prorations`).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -24,7 +43,10 @@ use saas_core::telemetry::Redacted;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
-use crate::provider::{BillingProvider, Customer, ProviderError, Subscription};
+use crate::provider::{
+    BillingProvider, CancelAt, CheckoutRequest, Customer, Discount, HostedSession, Invoice, InvoiceLine,
+    NewSubscription, Proration, ProviderError, Subscription, SubscriptionChange, UsageEvent,
+};
 
 /// The API version requests are pinned to.
 pub const API_VERSION: &str = "2025-10-29.clover";
@@ -40,6 +62,9 @@ pub struct Stripe {
     retries: u32,
     backoff: saas_events::Backoff,
     in_flight: Arc<Semaphore>,
+    legacy_plans: bool,
+    /// Lookup key → price id.
+    prices: Arc<Mutex<HashMap<String, String>>>,
 }
 
 impl std::fmt::Debug for Stripe {
@@ -75,6 +100,8 @@ impl Stripe {
                 jitter: 0.5,
             },
             in_flight: Arc::new(Semaphore::new(IN_FLIGHT)),
+            legacy_plans: false,
+            prices: Arc::default(),
         })
     }
 
@@ -102,23 +129,107 @@ impl Stripe {
         self
     }
 
-    /// Creates the customer for `tenant` (its id in the metadata). Idempotent per tenant:
-    /// retried or repeated, Stripe returns the same customer for a day.
-    pub async fn create_customer(&self, tenant: TenantId, email: Option<&str>) -> Result<Customer, ProviderError> {
-        let mut form = vec![("metadata[tenant_id]".to_owned(), tenant.to_string())];
-        if let Some(e) = email {
-            form.push(("email".into(), e.to_owned()));
+    /// Names prices by plan id (`items[0][plan]=<lookup key>`) instead of resolving lookup
+    /// keys to prices: for accounts and stand-ins on the legacy plans API (localstripe),
+    /// whose plans were created with the catalog's lookup keys as ids.
+    pub fn legacy_plans(mut self) -> Self {
+        self.legacy_plans = true;
+        self
+    }
+
+    /// The form field naming an item's price and its value.
+    async fn price_field(&self, lookup_key: &str) -> Result<(&'static str, String), ProviderError> {
+        if self.legacy_plans {
+            return Ok(("plan", lookup_key.to_owned()));
         }
-        let v = self
-            .call(
-                reqwest::Method::POST,
-                "/v1/customers",
-                &form,
-                Some(&format!("customer-{tenant}")),
-            )
+        if let Some(id) = self
+            .prices
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(lookup_key)
+        {
+            return Ok(("price", id.clone()));
+        }
+        let mut query = String::new();
+        encode_into(lookup_key, &mut query);
+        let page = self
+            .get(&format!("/v1/prices?active=true&lookup_keys%5B%5D={query}"))
             .await?
-            .ok_or_else(|| ProviderError::Refused("no customer returned".into()))?;
-        Ok(customer_of(&v))
+            .unwrap_or_default();
+        let id = page["data"][0]["id"]
+            .as_str()
+            .ok_or_else(|| ProviderError::NotFound(format!("active price with lookup key {lookup_key}")))?
+            .to_owned();
+        self.prices
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(lookup_key.to_owned(), id.clone());
+        Ok(("price", id))
+    }
+
+    /// Forgets the cached price ids (after the catalog moved a lookup key to a new price).
+    pub fn forget_prices(&self) {
+        self.prices.lock().unwrap_or_else(PoisonError::into_inner).clear();
+    }
+
+    /// A mutating call that must answer an object.
+    async fn post(&self, path: &str, form: &[(String, String)], key: &str) -> Result<Value, ProviderError> {
+        self.call(reqwest::Method::POST, path, form, Some(key))
+            .await?
+            .ok_or_else(|| ProviderError::NotFound(path.to_owned()))
+    }
+
+    /// The subscription's first item id (the one changes replace).
+    async fn first_item(&self, id: &str) -> Result<String, ProviderError> {
+        let sub = self
+            .get(&format!("/v1/subscriptions/{}", checked(id)?))
+            .await?
+            .ok_or_else(|| ProviderError::NotFound(id.to_owned()))?;
+        sub["items"]["data"][0]["id"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| ProviderError::Refused(format!("subscription {id} has no item")))
+    }
+
+    /// The form fields of `change` applied to the item `item`, under `prefix`
+    /// (`""` for an update, `subscription_details` for a preview).
+    async fn change_form(
+        &self,
+        prefix: &str,
+        item: &str,
+        change: &SubscriptionChange,
+    ) -> Result<Vec<(String, String)>, ProviderError> {
+        let field = |name: &str| {
+            if prefix.is_empty() {
+                name.to_owned()
+            } else {
+                let (head, tail) = name.split_once('[').map_or((name, ""), |(h, t)| (h, t));
+                let tail = if tail.is_empty() {
+                    String::new()
+                } else {
+                    format!("[{tail}")
+                };
+                format!("{prefix}[{head}]{tail}")
+            }
+        };
+        let mut form = Vec::new();
+        if change.price.is_some() || change.quantity.is_some() {
+            form.push((field("items[0][id]"), item.to_owned()));
+        }
+        if let Some(p) = &change.price {
+            let (name, id) = self.price_field(p).await?;
+            form.push((field(&format!("items[0][{name}]")), id));
+        }
+        if let Some(q) = change.quantity {
+            form.push((field("items[0][quantity]"), q.to_string()));
+        }
+        if change.proration != Proration::CreateProrations {
+            form.push((field("proration_behavior"), change.proration.as_str().to_owned()));
+        }
+        if let Some(c) = change.cancel_at_period_end {
+            form.push((field("cancel_at_period_end"), c.to_string()));
+        }
+        Ok(form)
     }
 
     async fn get(&self, path: &str) -> Result<Option<Value>, ProviderError> {
@@ -204,7 +315,7 @@ impl Stripe {
                         .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
                         .unwrap_or_else(|| status.to_string());
                     if status != reqwest::StatusCode::TOO_MANY_REQUESTS && !status.is_server_error() {
-                        return Err(ProviderError::Refused(format!("{status}: {message}")));
+                        return Err(refusal(status, message, form));
                     }
                     (retry_after, format!("{status}: {message}"))
                 }
@@ -223,27 +334,110 @@ impl Stripe {
     }
 }
 
-/// `application/x-www-form-urlencoded`, as Stripe expects it (brackets in keys encoded).
-fn encode_form(form: &[(String, String)]) -> String {
-    fn enc(s: &str, out: &mut String) {
-        for b in s.bytes() {
-            match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(char::from(b)),
-                b' ' => out.push('+'),
-                _ => out.push_str(&format!("%{b:02X}")),
-            }
+/// Stripe's refusal as a typed error: mixing currencies on a customer is its own error.
+fn refusal(status: reqwest::StatusCode, message: String, form: &[(String, String)]) -> ProviderError {
+    if message.contains("combine currencies") {
+        let customer = form
+            .iter()
+            .find(|(k, _)| k == "customer")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        // "… with currency usd." names the currency the customer has.
+        let has = message
+            .rsplit("currency ")
+            .next()
+            .map(|c| c.trim_end_matches('.').trim().to_owned())
+            .unwrap_or_default();
+        return ProviderError::CurrencyMismatch {
+            customer,
+            has,
+            wanted: String::new(),
+        };
+    }
+    ProviderError::Refused(format!("{status}: {message}"))
+}
+
+fn encode_into(s: &str, out: &mut String) {
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(char::from(b)),
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{b:02X}")),
         }
     }
+}
+
+/// `application/x-www-form-urlencoded`, as Stripe expects it (brackets in keys encoded).
+fn encode_form(form: &[(String, String)]) -> String {
     let mut out = String::new();
     for (i, (k, v)) in form.iter().enumerate() {
         if i > 0 {
             out.push('&');
         }
-        enc(k, &mut out);
+        encode_into(k, &mut out);
         out.push('=');
-        enc(v, &mut out);
+        encode_into(v, &mut out);
     }
     out
+}
+
+fn invoice_of(v: &Value) -> Invoice {
+    let lines = v["lines"]["data"]
+        .as_array()
+        .map(|ls| {
+            ls.iter()
+                .map(|l| InvoiceLine {
+                    description: l["description"].as_str().unwrap_or_default().to_owned(),
+                    amount: l["amount"].as_i64().unwrap_or(0),
+                    // Current API versions: parent.subscription_item_details / invoice_item_details;
+                    // older ones (and localstripe): `proration` on the line.
+                    proration: l["parent"]["subscription_item_details"]["proration"]
+                        .as_bool()
+                        .or_else(|| l["parent"]["invoice_item_details"]["proration"].as_bool())
+                        .or_else(|| l["proration"].as_bool())
+                        .unwrap_or(false),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Invoice {
+        id: v["id"].as_str().map(str::to_owned),
+        customer: v["customer"].as_str().unwrap_or_default().to_owned(),
+        subscription: v["parent"]["subscription_details"]["subscription"]
+            .as_str()
+            .or_else(|| v["subscription"].as_str())
+            .map(str::to_owned),
+        status: v["status"].as_str().map(str::to_owned),
+        currency: v["currency"].as_str().unwrap_or_default().to_owned(),
+        amount_due: v["amount_due"].as_i64().unwrap_or(0),
+        amount_paid: v["amount_paid"].as_i64().unwrap_or(0),
+        hosted_invoice_url: v["hosted_invoice_url"].as_str().map(str::to_owned),
+        lines,
+    }
+}
+
+fn session_of(v: &Value) -> Result<HostedSession, ProviderError> {
+    match (v["id"].as_str(), v["url"].as_str()) {
+        (Some(id), Some(url)) => Ok(HostedSession {
+            id: id.to_owned(),
+            url: url.to_owned(),
+        }),
+        _ => Err(ProviderError::Refused(
+            "the session came back without an id and a url".into(),
+        )),
+    }
+}
+
+fn discount_field(d: &Discount, prefix: &str) -> (String, String) {
+    match d {
+        Discount::Coupon(c) => (format!("{prefix}discounts[0][coupon]"), c.clone()),
+        Discount::PromotionCode(p) => (format!("{prefix}discounts[0][promotion_code]"), p.clone()),
+    }
+}
+
+/// A fresh idempotency key for one logical call (its retries reuse it).
+fn fresh_key(what: &str) -> String {
+    format!("{what}-{}", uuid::Uuid::new_v4())
 }
 
 /// Whether `id` may go into a path.
@@ -318,6 +512,165 @@ impl BillingProvider for Stripe {
 
     async fn customers(&self) -> Result<Vec<Customer>, ProviderError> {
         Ok(self.list("/v1/customers").await?.iter().map(customer_of).collect())
+    }
+    async fn create_customer(&self, tenant: TenantId, email: Option<&str>) -> Result<Customer, ProviderError> {
+        let mut form = vec![("metadata[tenant_id]".to_owned(), tenant.to_string())];
+        if let Some(e) = email {
+            form.push(("email".into(), e.to_owned()));
+        }
+        // Idempotent per tenant: retried or repeated, Stripe returns the same customer for a day.
+        let v = self.post("/v1/customers", &form, &format!("customer-{tenant}")).await?;
+        Ok(customer_of(&v))
+    }
+
+    async fn checkout_session(&self, req: &CheckoutRequest) -> Result<HostedSession, ProviderError> {
+        if req.discount.is_some() && req.allow_promotion_codes {
+            return Err(ProviderError::Refused(
+                "a checkout session takes a discount or a promotion-code field, not both".into(),
+            ));
+        }
+        let (_, price) = self.price_field(&req.price).await?;
+        let tenant = req.tenant.to_string();
+        let mut form = vec![
+            ("mode".to_owned(), "subscription".to_owned()),
+            ("customer".into(), checked(&req.customer)?.to_owned()),
+            ("client_reference_id".into(), tenant.clone()),
+            ("line_items[0][price]".into(), price),
+            ("line_items[0][quantity]".into(), req.quantity.to_string()),
+            ("subscription_data[metadata][tenant_id]".into(), tenant),
+            ("success_url".into(), req.success_url.clone()),
+            ("cancel_url".into(), req.cancel_url.clone()),
+        ];
+        if let Some(days) = req.trial_days {
+            form.push(("subscription_data[trial_period_days]".into(), days.to_string()));
+        }
+        if let Some(d) = &req.discount {
+            form.push(discount_field(d, ""));
+        }
+        if req.allow_promotion_codes {
+            form.push(("allow_promotion_codes".into(), "true".into()));
+        }
+        session_of(
+            &self
+                .post("/v1/checkout/sessions", &form, &fresh_key("checkout"))
+                .await?,
+        )
+    }
+
+    async fn portal_session(&self, customer: &str, return_url: &str) -> Result<HostedSession, ProviderError> {
+        let form = [
+            ("customer".to_owned(), checked(customer)?.to_owned()),
+            ("return_url".into(), return_url.to_owned()),
+        ];
+        session_of(
+            &self
+                .post("/v1/billing_portal/sessions", &form, &fresh_key("portal"))
+                .await?,
+        )
+    }
+
+    async fn create_subscription(&self, req: &NewSubscription) -> Result<Subscription, ProviderError> {
+        let (name, price) = self.price_field(&req.price).await?;
+        let mut form = vec![
+            ("customer".to_owned(), checked(&req.customer)?.to_owned()),
+            (format!("items[0][{name}]"), price),
+            ("items[0][quantity]".into(), req.quantity.to_string()),
+            ("metadata[tenant_id]".into(), req.tenant.to_string()),
+        ];
+        if let Some(days) = req.trial_days {
+            form.push(("trial_period_days".into(), days.to_string()));
+        }
+        if let Some(d) = &req.discount {
+            form.push(discount_field(d, ""));
+        }
+        subscription_of(
+            &self
+                .post("/v1/subscriptions", &form, &fresh_key("subscription"))
+                .await?,
+        )
+    }
+
+    async fn update_subscription(&self, id: &str, change: &SubscriptionChange) -> Result<Subscription, ProviderError> {
+        let item = self.first_item(id).await?;
+        let form = self.change_form("", &item, change).await?;
+        subscription_of(
+            &self
+                .post(
+                    &format!("/v1/subscriptions/{}", checked(id)?),
+                    &form,
+                    &fresh_key("update"),
+                )
+                .await?,
+        )
+    }
+
+    async fn preview_change(&self, id: &str, change: &SubscriptionChange) -> Result<Invoice, ProviderError> {
+        let sub = self
+            .get(&format!("/v1/subscriptions/{}", checked(id)?))
+            .await?
+            .ok_or_else(|| ProviderError::NotFound(id.to_owned()))?;
+        let item = sub["items"]["data"][0]["id"].as_str().unwrap_or_default().to_owned();
+        let mut form = vec![
+            (
+                "customer".to_owned(),
+                sub["customer"].as_str().unwrap_or_default().to_owned(),
+            ),
+            ("subscription".into(), id.to_owned()),
+        ];
+        form.extend(self.change_form("subscription_details", &item, change).await?);
+        Ok(invoice_of(
+            &self
+                .post("/v1/invoices/create_preview", &form, &fresh_key("preview"))
+                .await?,
+        ))
+    }
+
+    async fn cancel_subscription(&self, id: &str, at: CancelAt) -> Result<Subscription, ProviderError> {
+        let path = format!("/v1/subscriptions/{}", checked(id)?);
+        let v = match at {
+            CancelAt::Now => self
+                .call(reqwest::Method::DELETE, &path, &[], Some(&fresh_key("cancel")))
+                .await?
+                .ok_or_else(|| ProviderError::NotFound(id.to_owned()))?,
+            CancelAt::PeriodEnd => {
+                let form = [("cancel_at_period_end".to_owned(), "true".to_owned())];
+                self.post(&path, &form, &fresh_key("cancel")).await?
+            }
+        };
+        subscription_of(&v)
+    }
+
+    async fn resume_subscription(&self, id: &str) -> Result<Subscription, ProviderError> {
+        let path = format!("/v1/subscriptions/{}/resume", checked(id)?);
+        subscription_of(&self.post(&path, &[], &fresh_key("resume")).await?)
+    }
+
+    async fn invoice(&self, id: &str) -> Result<Option<Invoice>, ProviderError> {
+        Ok(self
+            .get(&format!("/v1/invoices/{}", checked(id)?))
+            .await?
+            .map(|v| invoice_of(&v)))
+    }
+
+    async fn report_usage(&self, event: &UsageEvent) -> Result<(), ProviderError> {
+        let form = [
+            ("event_name".to_owned(), event.meter.clone()),
+            (
+                "payload[stripe_customer_id]".into(),
+                checked(&event.customer)?.to_owned(),
+            ),
+            ("payload[value]".into(), event.value.to_string()),
+            ("identifier".into(), event.identifier.clone()),
+            ("timestamp".into(), event.at.timestamp().to_string()),
+        ];
+        // The identifier is Stripe's dedup key for meter events; it is also the request's.
+        self.post(
+            "/v1/billing/meter_events",
+            &form,
+            &format!("usage-{}", event.identifier),
+        )
+        .await
+        .map(drop)
     }
 }
 

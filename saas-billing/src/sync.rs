@@ -61,14 +61,17 @@ pub enum Processed {
     Ignored(String),
 }
 
-/// Registers the processing of stored webhook events on `builder`: each
-/// [`StripeEventReceived`] job refetches and applies what its event names. Jobs that
-/// carry a tenant are refused (the application role could publish them).
+/// Registers billing's platform jobs on `builder`: each [`StripeEventReceived`] job
+/// refetches and applies what its event names, and each
+/// [`TenantDeleted`](crate::customers::TenantDeleted) job cancels the deleted tenant's
+/// subscriptions. Jobs that carry a tenant are refused (the application role could
+/// publish them).
 pub fn handle_events<P: BillingProvider>(
     builder: WorkerBuilder,
     platform: PlatformPool,
     provider: Arc<P>,
 ) -> WorkerBuilder {
+    let builder = crate::customers::handle_tenant_deletion(builder, platform.clone(), Arc::clone(&provider));
     builder.handle(move |ctx: JobContext, job: StripeEventReceived| {
         let (platform, provider) = (platform.clone(), Arc::clone(&provider));
         async move {
@@ -101,14 +104,21 @@ pub async fn process_event<P: BillingProvider + ?Sized>(
     let event: serde_json::Value = serde_json::from_str(&raw).unwrap_or_default();
     let object = &event["data"]["object"];
     let str_of = |v: &serde_json::Value| v.as_str().map(str::to_owned);
-    let ids: Vec<String> = match object["object"].as_str() {
-        Some("subscription") => str_of(&object["id"]).into_iter().collect(),
-        Some("customer") => match str_of(&object["id"]) {
-            Some(c) => provider.subscriptions_of(&c).await?.into_iter().map(|s| s.id).collect(),
-            None => Vec::new(),
-        },
-        // Invoices, checkout sessions and the like name their subscription.
-        _ => str_of(&object["subscription"]).into_iter().collect(),
+    // Invoices name their subscription under `parent.subscription_details` (API versions
+    // from 2025-03-31) or at the top (older ones, checkout sessions).
+    let named =
+        str_of(&object["parent"]["subscription_details"]["subscription"]).or_else(|| str_of(&object["subscription"]));
+    let customer = match object["object"].as_str() {
+        Some("customer") => str_of(&object["id"]),
+        _ => str_of(&object["customer"]),
+    };
+    let ids: Vec<String> = match (object["object"].as_str(), named, customer) {
+        (Some("subscription"), _, _) => str_of(&object["id"]).into_iter().collect(),
+        (_, Some(sub), _) => vec![sub],
+        // A customer, an entitlement summary, an upcoming invoice without a subscription:
+        // everything the customer has.
+        (_, None, Some(c)) => provider.subscriptions_of(&c).await?.into_iter().map(|s| s.id).collect(),
+        (_, None, None) => Vec::new(),
     };
     let outcome = if ids.is_empty() {
         Processed::Ignored(format!(

@@ -1,0 +1,370 @@
+//! The provider's write side on the simulator, end to end through the webhook endpoint
+//! and the mirror: a customer per tenant, checkout, the portal, changes with their
+//! proration previews, one currency per customer, usage, cancellation, and a deleted
+//! tenant's subscription canceled.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::{Duration, TimeZone, Utc};
+use http::Request;
+use http_body_util::Full;
+use saas_billing::catalog::{Catalog, Plan, Price};
+use saas_billing::provider::{
+    BillingProvider, CancelAt, CheckoutRequest, Discount, NewSubscription, Proration, SubscriptionChange, UsageEvent,
+};
+use saas_billing::simulator::Simulator;
+use saas_billing::sync::process_event;
+use saas_billing::webhook::{WebhookEndpoint, WebhookSecrets, sign};
+use saas_billing::{ProviderError, customer_for};
+use saas_core::audit::Actor;
+use saas_core::clock::{Clock, ManualClock};
+use saas_core::{TenantId, UserId};
+use saas_tenancy::{PlatformPool, lifecycle};
+use tower::ServiceExt;
+
+const SECRET: &str = "whsec_operations_tests";
+
+fn catalogs() -> (Catalog, Catalog) {
+    let eur = Catalog::new("eur")
+        .plan(Plan::new("free"))
+        .plan(
+            Plan::new("pro")
+                .trial_days(14)
+                .price(Price::monthly("pro_monthly", 3000))
+                .price(Price::annual("pro_annual", 30000))
+                .price(Price::metered_monthly("pro_api", "api_calls", 1)),
+        )
+        .plan(Plan::new("business").price(Price::per_seat_monthly("business_seat", 1500)))
+        .validate()
+        .unwrap();
+    let usd = Catalog::new("usd")
+        .plan(Plan::new("pro_us").price(Price::monthly("pro_us_monthly", 3500)))
+        .validate()
+        .unwrap();
+    (eur, usd)
+}
+
+struct World {
+    db: saas_core::testkit::TestDb,
+    platform: PlatformPool,
+    clock: ManualClock,
+    sim: Arc<Simulator>,
+    endpoint: WebhookEndpoint,
+    delivered: usize,
+}
+
+impl World {
+    async fn new() -> Self {
+        let db = crate::db().await;
+        let platform = PlatformPool::new(db.platform().clone());
+        let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap());
+        let (eur, usd) = catalogs();
+        let sim = Arc::new(Simulator::new(clock.clone()).with_catalog(&eur).with_catalog(&usd));
+        let endpoint =
+            WebhookEndpoint::new(platform.clone(), WebhookSecrets::new(SECRET).unwrap()).clock(clock.clone());
+        Self {
+            db,
+            platform,
+            clock,
+            sim,
+            endpoint,
+            delivered: 0,
+        }
+    }
+
+    /// Delivers the simulator's new events to the endpoint and processes each, as the
+    /// worker would.
+    async fn deliver(&mut self) -> Vec<String> {
+        let events = self.sim.events();
+        let mut kinds = Vec::new();
+        for e in &events[self.delivered..] {
+            let body = e.body();
+            let req = Request::post("/webhooks/stripe")
+                .header(
+                    "stripe-signature",
+                    sign(SECRET, self.clock.now().timestamp(), body.as_bytes()),
+                )
+                .body(Full::new(Bytes::from(body)))
+                .unwrap();
+            assert_eq!(self.endpoint.clone().oneshot(req).await.unwrap().status(), 200);
+            process_event(&self.platform, &*self.sim, &e.id).await.unwrap();
+            kinds.push(e.kind.clone());
+        }
+        self.delivered = events.len();
+        kinds
+    }
+
+    async fn mirror(&self, sub: &str) -> (String, Option<String>, i64, bool) {
+        sqlx::query_as(
+            "SELECT status, price_lookup_key, quantity, cancel_at_period_end \
+             FROM saas.billing_subscriptions WHERE subscription_id = $1",
+        )
+        .bind(sub)
+        .fetch_one(self.db.platform())
+        .await
+        .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn one_customer_per_tenant_even_when_asked_concurrently() {
+    let w = World::new().await;
+    let tenant = TenantId::new();
+    let calls = (0..8).map(|_| customer_for(&w.platform, &*w.sim, tenant, Some("billing@acme.test")));
+    let ids = futures_util::future::join_all(calls).await;
+    let first = ids[0].as_ref().unwrap().clone();
+    assert!(ids.iter().all(|r| r.as_ref().unwrap() == &first), "{ids:?}");
+    let at_provider = w.sim.customers().await.unwrap();
+    assert_eq!(at_provider.iter().filter(|c| c.tenant == Some(tenant)).count(), 1);
+    let recorded: String = sqlx::query_scalar("SELECT customer_id FROM saas.billing_customers WHERE tenant_id = $1")
+        .bind(tenant)
+        .fetch_one(w.db.platform())
+        .await
+        .unwrap();
+    assert_eq!(recorded, first);
+}
+
+#[tokio::test]
+async fn checkout_portal_changes_previews_and_cancellation() {
+    let mut w = World::new().await;
+    let tenant = TenantId::new();
+    let customer = customer_for(&w.platform, &*w.sim, tenant, None).await.unwrap();
+
+    // Checkout: a discount or a promotion-code field, not both; unknown prices refused.
+    let page =
+        |price: &str| CheckoutRequest::new(tenant, &customer, price, "https://app.test/ok", "https://app.test/no");
+    let both = page("pro_monthly")
+        .discount(Discount::Coupon("LAUNCH".into()))
+        .allow_promotion_codes();
+    assert!(matches!(
+        w.sim.checkout_session(&both).await,
+        Err(ProviderError::Refused(_))
+    ));
+    assert!(matches!(
+        w.sim.checkout_session(&page("gold_monthly")).await,
+        Err(ProviderError::NotFound(_))
+    ));
+    let session = w
+        .sim
+        .checkout_session(
+            &page("pro_monthly")
+                .trial_days(14)
+                .discount(Discount::Coupon("LAUNCH".into())),
+        )
+        .await
+        .unwrap();
+    assert!(
+        session.url.starts_with("https://checkout.simulator.invalid/"),
+        "{}",
+        session.url
+    );
+    let sub = w.sim.complete_checkout(&session.id, true).unwrap();
+    let kinds = w.deliver().await;
+    assert!(kinds.contains(&"checkout.session.completed".to_owned()), "{kinds:?}");
+    assert_eq!(w.mirror(&sub).await.0, "trialing");
+    assert!(
+        w.sim.complete_checkout(&session.id, true).is_err(),
+        "a session completes once"
+    );
+
+    let portal = w
+        .sim
+        .portal_session(&customer, "https://app.test/billing")
+        .await
+        .unwrap();
+    assert!(portal.url.starts_with("https://billing.simulator.invalid/"));
+    assert!(matches!(
+        w.sim.portal_session("cus_nobody", "https://app.test").await,
+        Err(ProviderError::NotFound(_))
+    ));
+
+    // The trial ends and the first period is paid; half-way through it, an upgrade to
+    // three Business seats is previewed: half of Pro credited, half of 3 × 15 € charged,
+    // then the next period at the new terms.
+    w.sim.advance(Duration::days(14));
+    w.sim.advance(Duration::days(15));
+    w.deliver().await;
+    assert_eq!(w.mirror(&sub).await.0, "active");
+    let upgrade = SubscriptionChange::price("business_seat").with_quantity(3);
+    let preview = w.sim.preview_change(&sub, &upgrade).await.unwrap();
+    assert_eq!(preview.currency, "eur");
+    assert_eq!(preview.proration_amount(), -1500 + 2250);
+    assert_eq!(preview.amount_due, -1500 + 2250 + 4500);
+    assert!(
+        w.sim
+            .preview_change(&sub, &upgrade.clone().proration(Proration::None))
+            .await
+            .unwrap()
+            .lines
+            .iter()
+            .all(|l| !l.proration)
+    );
+
+    // Upgrading with `always_invoice` invoices the difference now.
+    let changed = w
+        .sim
+        .update_subscription(&sub, &upgrade.clone().proration(Proration::AlwaysInvoice))
+        .await
+        .unwrap();
+    assert_eq!(
+        (changed.price_lookup_key.as_deref(), changed.quantity),
+        (Some("business_seat"), 3)
+    );
+    let kinds = w.deliver().await;
+    assert_eq!(kinds, ["customer.subscription.updated", "invoice.paid"]);
+    let invoice_id = w.sim.events().last().unwrap().object["id"].as_str().unwrap().to_owned();
+    let invoice = w.sim.invoice(&invoice_id).await.unwrap().unwrap();
+    assert_eq!((invoice.amount_due, invoice.amount_paid), (750, 750), "{invoice:?}");
+    assert_eq!(invoice.subscription.as_deref(), Some(sub.as_str()));
+    assert_eq!(
+        w.mirror(&sub).await,
+        ("active".into(), Some("business_seat".into()), 3, false)
+    );
+
+    // One currency per customer.
+    let err = w
+        .sim
+        .update_subscription(&sub, &SubscriptionChange::price("pro_us_monthly"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ProviderError::CurrencyMismatch { has, wanted, .. } if has == "eur" && wanted == "usd"),
+        "{err}"
+    );
+    assert!(matches!(
+        w.sim.checkout_session(&page("pro_us_monthly")).await,
+        Err(ProviderError::CurrencyMismatch { .. })
+    ));
+
+    // Monthly → annual: a new period starts; the unused time is credited, the year charged.
+    let annual = SubscriptionChange::price("pro_annual").with_quantity(1);
+    let preview = w.sim.preview_change(&sub, &annual).await.unwrap();
+    assert_eq!(preview.amount_due, -2250 + 30000);
+    w.sim.update_subscription(&sub, &annual).await.unwrap();
+    w.deliver().await;
+    assert_eq!(w.mirror(&sub).await.1.as_deref(), Some("pro_annual"));
+
+    // Usage: each identifier counts once, however often it is reported.
+    for (id, value) in [("u1", 40), ("u2", 2), ("u1", 40)] {
+        w.sim
+            .report_usage(&UsageEvent {
+                meter: "api_calls".into(),
+                customer: customer.clone(),
+                value,
+                identifier: id.into(),
+                at: w.clock.now(),
+            })
+            .await
+            .unwrap();
+    }
+    assert_eq!(w.sim.usage_reported(&customer, "api_calls"), 42);
+
+    // Cancel at period end, think better of it, then cancel now.
+    w.sim.cancel_subscription(&sub, CancelAt::PeriodEnd).await.unwrap();
+    w.deliver().await;
+    assert!(w.mirror(&sub).await.3);
+    w.sim
+        .update_subscription(&sub, &SubscriptionChange::keep())
+        .await
+        .unwrap();
+    w.deliver().await;
+    assert!(!w.mirror(&sub).await.3);
+    w.sim.cancel_subscription(&sub, CancelAt::Now).await.unwrap();
+    w.deliver().await;
+    assert_eq!(w.mirror(&sub).await.0, "canceled");
+    assert!(
+        w.sim
+            .update_subscription(&sub, &SubscriptionChange::keep())
+            .await
+            .is_err(),
+        "a canceled subscription stays canceled"
+    );
+}
+
+#[tokio::test]
+async fn a_subscription_created_directly_and_a_paused_one_resumed() {
+    let mut w = World::new().await;
+    let tenant = TenantId::new();
+    let customer = customer_for(&w.platform, &*w.sim, tenant, None).await.unwrap();
+    // A trial without a payment method pauses at its end; resuming charges it.
+    let sub = w
+        .sim
+        .create_subscription(&NewSubscription::new(tenant, &customer, "pro_monthly").trial_days(7))
+        .await
+        .unwrap();
+    w.sim.advance(Duration::days(8));
+    w.deliver().await;
+    assert_eq!(w.mirror(&sub.id).await.0, "paused");
+    w.sim.set_payment_method(&customer, true).unwrap();
+    let resumed = w.sim.resume_subscription(&sub.id).await.unwrap();
+    assert_eq!(resumed.status.as_str(), "active");
+    w.deliver().await;
+    assert_eq!(w.mirror(&sub.id).await.0, "active");
+    assert!(matches!(
+        w.sim
+            .create_subscription(&NewSubscription::new(tenant, &customer, "gold"))
+            .await,
+        Err(ProviderError::NotFound(_))
+    ));
+}
+
+#[tokio::test]
+async fn requesting_a_tenants_deletion_cancels_its_subscription() {
+    let w = World::new().await;
+    let tenant = lifecycle::create(w.db.app(), "doomed-co", "Doomed Co", UserId::new(), &w.clock)
+        .await
+        .unwrap()
+        .id;
+    let other = lifecycle::create(w.db.app(), "staying-co", "Staying Co", UserId::new(), &w.clock)
+        .await
+        .unwrap()
+        .id;
+    let mut subs = Vec::new();
+    for t in [tenant, other] {
+        let customer = customer_for(&w.platform, &*w.sim, t, None).await.unwrap();
+        w.sim.set_payment_method(&customer, true).unwrap();
+        let sub = w
+            .sim
+            .create_subscription(&NewSubscription::new(t, &customer, "pro_monthly"))
+            .await
+            .unwrap();
+        saas_billing::sync::sync_subscription(&w.platform, &*w.sim, &sub.id, "test")
+            .await
+            .unwrap();
+        subs.push(sub.id);
+    }
+    let worker = saas_billing::sync::handle_events(
+        saas_events::Worker::builder(w.platform.clone()),
+        w.platform.clone(),
+        Arc::clone(&w.sim),
+    )
+    .start()
+    .await
+    .unwrap();
+    lifecycle::request_deletion(&w.platform, tenant, None, Actor::System("test".into()), &w.clock)
+        .await
+        .unwrap();
+    let mut status = String::new();
+    for _ in 0..400 {
+        status = w.mirror(&subs[0]).await.0;
+        if status == "canceled" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    worker.shutdown(std::time::Duration::from_secs(5)).await;
+    assert_eq!(status, "canceled");
+    let at_provider = w.sim.subscription(&subs[0]).await.unwrap().unwrap();
+    assert_eq!(at_provider.status.as_str(), "canceled");
+    let cause: String = sqlx::query_scalar(
+        "SELECT cause FROM saas.billing_transitions WHERE subscription_id = $1 AND to_status = 'canceled'",
+    )
+    .bind(&subs[0])
+    .fetch_one(w.db.platform())
+    .await
+    .unwrap();
+    assert_eq!(cause, "tenant-deleted");
+    // The other tenant still pays.
+    assert_eq!(w.mirror(&subs[1]).await.0, "active");
+}
