@@ -38,7 +38,7 @@ use chrono::{DateTime, Duration, Utc};
 use saas_core::TenantId;
 use saas_core::clock::{Clock, ManualClock};
 
-use crate::catalog::{Catalog, Charge, Interval};
+use crate::catalog::{Catalog, CatalogProvider, Charge, Interval, Plan, Price, ProviderPrice, ProviderProduct};
 use crate::provider::{
     BillingProvider, CancelAt, CheckoutRequest, Customer, Discount, HostedSession, Invoice, InvoiceLine,
     NewSubscription, Proration, ProviderError, Subscription, SubscriptionChange, UsageEvent,
@@ -81,6 +81,9 @@ impl SimulatedEvent {
 struct Sim {
     sub: Subscription,
     interval: Interval,
+    /// The price's amount and charge when the subscription took it: a subscription keeps
+    /// its price's terms when the catalog moves the lookup key to a new price.
+    terms: Option<(i64, Charge)>,
     /// When the unpaid invoice first failed (past due / incomplete).
     failed_at: Option<DateTime<Utc>>,
     retries: usize,
@@ -108,6 +111,8 @@ struct State {
     /// Meter events by identifier (a repeated identifier is not counted again).
     usage: BTreeMap<String, UsageEvent>,
     discounts: BTreeMap<String, Discount>,
+    products: BTreeMap<String, ProviderProduct>,
+    price_objects: BTreeMap<String, ProviderPrice>,
 }
 
 /// The simulated provider. Cheap to clone (clones share state).
@@ -181,17 +186,10 @@ impl Simulator {
     /// price of 0.
     pub fn with_catalog(self, catalog: &Catalog) -> Self {
         self.with(|s, _| {
-            for plan in catalog.plans() {
+            for plan in catalog.plans().iter().filter(|p| !p.is_free()) {
+                let product = s.install_product(plan);
                 for price in plan.prices() {
-                    s.prices.insert(
-                        price.lookup_key().to_owned(),
-                        (
-                            price.amount(),
-                            catalog.currency().to_owned(),
-                            price.interval(),
-                            price.charge().clone(),
-                        ),
-                    );
+                    s.install_price(&product, price, catalog.currency());
                 }
             }
         });
@@ -251,8 +249,10 @@ impl Simulator {
         self.with(|s, _| s.events.clone())
     }
 
-    /// A customer for `tenant` (its id in the metadata), without a payment method.
-    pub fn create_customer(&self, tenant: TenantId) -> String {
+    /// A new customer for `tenant` (its id in the metadata), without a payment method, and
+    /// its id. (Through [`BillingProvider::create_customer`] a tenant's existing customer
+    /// is returned instead, as Stripe does for a repeated idempotency key.)
+    pub fn add_customer(&self, tenant: TenantId) -> String {
         self.with(|s, now| {
             let id = s.id("cus");
             let customer = Customer {
@@ -312,6 +312,7 @@ impl Simulator {
                     cancel_at_period_end: false,
                 },
                 interval,
+                terms: s.terms_of(lookup_key),
                 failed_at: None,
                 retries: 0,
                 created: now,
@@ -385,9 +386,11 @@ impl Simulator {
     /// takes effect now).
     pub fn change_price(&self, subscription: &str, lookup_key: &str, interval: Interval) -> Result<(), SimulatorError> {
         self.with(|s, now| {
+            let terms = s.terms_of(lookup_key);
             let sim = s.live(subscription)?;
             sim.sub.price_lookup_key = Some(lookup_key.to_owned());
             sim.interval = interval;
+            sim.terms = terms;
             s.emit_sub("customer.subscription.updated", subscription, now);
             Ok(())
         })
@@ -406,6 +409,16 @@ impl Simulator {
             s.charge(subscription, now, "customer.subscription.resumed");
             Ok(())
         })
+    }
+}
+
+/// What one period costs on `terms` with `quantity` seats.
+fn period_amount(terms: Option<&(i64, Charge)>, quantity: u64) -> i64 {
+    match terms {
+        Some((amount, Charge::Flat)) => *amount,
+        Some((amount, Charge::PerSeat)) => amount.saturating_mul(i64::try_from(quantity).unwrap_or(i64::MAX)),
+        // Usage is counted (`usage_reported`), not invoiced, by the simulator.
+        Some((_, Charge::Metered { .. })) | None => 0,
     }
 }
 
@@ -490,16 +503,16 @@ impl State {
         self.emit(if paid { "invoice.paid" } else { "invoice.payment_failed" }, at, object);
     }
 
-    /// What one period of `sub` costs at its current price and seats.
-    fn period_amount(&self, price: Option<&str>, quantity: u64) -> i64 {
-        let Some((amount, _, _, charge)) = price.and_then(|p| self.prices.get(p)) else {
-            return 0;
-        };
-        match charge {
-            Charge::Flat => *amount,
-            Charge::PerSeat => amount.saturating_mul(i64::try_from(quantity).unwrap_or(i64::MAX)),
-            // Usage is counted (`usage_reported`), not invoiced, by the simulator.
-            Charge::Metered { .. } => 0,
+    /// The current terms of the price `lookup_key`.
+    fn terms_of(&self, lookup_key: &str) -> Option<(i64, Charge)> {
+        self.prices.get(lookup_key).map(|p| (p.0, p.3.clone()))
+    }
+
+    /// The terms `change` leaves `sim` on.
+    fn new_terms(&self, sim: &Sim, change: &SubscriptionChange) -> Option<(i64, Charge)> {
+        match &change.price {
+            Some(p) => self.terms_of(p),
+            None => sim.terms.clone(),
         }
     }
 
@@ -510,7 +523,7 @@ impl State {
         let key = sim.sub.price_lookup_key.as_deref();
         vec![InvoiceLine {
             description: format!("{} × {}", sim.sub.quantity, key.unwrap_or("?")),
-            amount: self.period_amount(key, sim.sub.quantity),
+            amount: period_amount(sim.terms.as_ref(), sim.sub.quantity),
             proration: false,
         }]
     }
@@ -535,8 +548,8 @@ impl State {
         let left = (end - now).num_seconds().clamp(0, length);
         let share =
             |amount: i64| i64::try_from(i128::from(amount) * i128::from(left) / i128::from(length)).unwrap_or(i64::MAX);
-        let old = self.period_amount(old_key, sim.sub.quantity);
-        let new = self.period_amount(new_key, quantity);
+        let old = period_amount(sim.terms.as_ref(), sim.sub.quantity);
+        let new = period_amount(self.new_terms(sim, change).as_ref(), quantity);
         if new_interval != sim.interval {
             // A change of interval starts a new period now: the unused time is credited and
             // the new price charged in full.
@@ -565,6 +578,60 @@ impl State {
                 proration: true,
             },
         ]
+    }
+
+    fn install_product(&mut self, plan: &Plan) -> String {
+        let id = self.id("prod");
+        let product = ProviderProduct {
+            id: id.clone(),
+            plan: Some(plan.key().to_owned()),
+            name: plan.display_name().to_owned(),
+            active: true,
+        };
+        self.products.insert(id.clone(), product);
+        id
+    }
+
+    /// Creates the price object, moving its lookup key from any other price.
+    fn install_price(&mut self, product: &str, price: &Price, currency: &str) -> ProviderPrice {
+        let id = self.id("price");
+        for other in self.price_objects.values_mut() {
+            if other.lookup_key.as_deref() == Some(price.lookup_key()) {
+                other.lookup_key = None;
+            }
+        }
+        let object = ProviderPrice {
+            id: id.clone(),
+            product: product.to_owned(),
+            lookup_key: Some(price.lookup_key().to_owned()),
+            active: true,
+            currency: currency.to_owned(),
+            unit_amount: Some(price.amount()),
+            interval: Some(price.interval()),
+            charge: Some(price.charge().clone()),
+        };
+        self.price_objects.insert(id, object.clone());
+        // Subscriptions on an archived price keep its terms: only a key's new terms change.
+        self.prices.insert(
+            price.lookup_key().to_owned(),
+            (
+                price.amount(),
+                currency.to_owned(),
+                price.interval(),
+                price.charge().clone(),
+            ),
+        );
+        object
+    }
+
+    /// Whether new subscriptions may use the price `lookup_key` (any key, when no catalog
+    /// was given).
+    fn offered(&self, lookup_key: &str) -> bool {
+        self.price_objects.is_empty()
+            || self
+                .price_objects
+                .values()
+                .any(|p| p.active && p.lookup_key.as_deref() == Some(lookup_key))
     }
 
     /// Fixes `customer`'s currency at its first price; refuses a price in another.
@@ -701,7 +768,7 @@ impl BillingProvider for Simulator {
         match existing {
             Some(c) => Ok(c),
             None => {
-                let id = Simulator::create_customer(self, tenant);
+                let id = self.add_customer(tenant);
                 Ok(self.with(|s, _| s.customers[&id].0.clone()))
             }
         }
@@ -717,8 +784,11 @@ impl BillingProvider for Simulator {
             if !s.customers.contains_key(&req.customer) {
                 return Err(ProviderError::NotFound(req.customer.clone()));
             }
-            if !s.prices.is_empty() && !s.prices.contains_key(&req.price) {
-                return Err(ProviderError::NotFound(format!("price with lookup key {}", req.price)));
+            if !s.offered(&req.price) {
+                return Err(ProviderError::NotFound(format!(
+                    "active price with lookup key {}",
+                    req.price
+                )));
             }
             if let (Some(has), Some(p)) = (s.currencies.get(&req.customer), s.prices.get(&req.price))
                 && *has != p.1
@@ -752,8 +822,11 @@ impl BillingProvider for Simulator {
     }
 
     async fn create_subscription(&self, req: &NewSubscription) -> Result<Subscription, ProviderError> {
-        if !self.with(|s, _| s.prices.is_empty() || s.prices.contains_key(&req.price)) {
-            return Err(ProviderError::NotFound(format!("price with lookup key {}", req.price)));
+        if !self.with(|s, _| s.offered(&req.price)) {
+            return Err(ProviderError::NotFound(format!(
+                "active price with lookup key {}",
+                req.price
+            )));
         }
         let interval = self.interval_of(&req.price);
         let id = self.subscribe(&req.customer, &req.price, interval, req.trial_days.unwrap_or(0))?;
@@ -771,14 +844,18 @@ impl BillingProvider for Simulator {
         self.with(|s, now| {
             let customer = s.live(id)?.sub.customer.clone();
             if let Some(p) = &change.price {
-                if !s.prices.is_empty() && !s.prices.contains_key(p) {
-                    return Err(ProviderError::NotFound(format!("price with lookup key {p}")));
+                if !s.offered(p) {
+                    return Err(ProviderError::NotFound(format!("active price with lookup key {p}")));
                 }
                 s.check_currency(&customer, p)?;
             }
             let prorations = s.proration_lines(id, change, now);
             let new_interval = change.price.as_deref().and_then(|p| s.prices.get(p)).map(|p| p.2);
+            let new_terms = change.price.as_deref().map(|p| s.terms_of(p));
             let sim = s.live(id)?;
+            if let Some(t) = new_terms {
+                sim.terms = t;
+            }
             let interval_changed = new_interval.is_some_and(|i| i != sim.interval);
             if let Some(p) = &change.price {
                 sim.sub.price_lookup_key = Some(p.clone());
@@ -822,7 +899,7 @@ impl BillingProvider for Simulator {
                 let quantity = change.quantity.unwrap_or(sim.sub.quantity);
                 lines.push(InvoiceLine {
                     description: format!("{quantity} × {}", key.unwrap_or("?")),
-                    amount: s.period_amount(key, quantity),
+                    amount: period_amount(s.new_terms(sim, change).as_ref(), quantity),
                     proration: false,
                 });
             }
@@ -862,6 +939,54 @@ impl BillingProvider for Simulator {
                 return Err(ProviderError::NotFound(event.customer.clone()));
             }
             s.usage.entry(event.identifier.clone()).or_insert_with(|| event.clone());
+            Ok(())
+        })
+    }
+}
+
+impl CatalogProvider for Simulator {
+    async fn products(&self) -> Result<Vec<ProviderProduct>, ProviderError> {
+        Ok(self.with(|s, _| s.products.values().cloned().collect()))
+    }
+
+    async fn prices(&self) -> Result<Vec<ProviderPrice>, ProviderError> {
+        Ok(self.with(|s, _| s.price_objects.values().cloned().collect()))
+    }
+
+    async fn create_product(&self, plan: &Plan) -> Result<ProviderProduct, ProviderError> {
+        Ok(self.with(|s, _| {
+            let id = s.install_product(plan);
+            s.products[&id].clone()
+        }))
+    }
+
+    async fn rename_product(&self, id: &str, name: &str) -> Result<(), ProviderError> {
+        self.with(|s, _| {
+            let p = s
+                .products
+                .get_mut(id)
+                .ok_or_else(|| ProviderError::NotFound(id.to_owned()))?;
+            p.name = name.to_owned();
+            Ok(())
+        })
+    }
+
+    async fn create_price(&self, product: &str, price: &Price, currency: &str) -> Result<ProviderPrice, ProviderError> {
+        self.with(|s, _| {
+            if !s.products.contains_key(product) {
+                return Err(ProviderError::NotFound(product.to_owned()));
+            }
+            Ok(s.install_price(product, price, currency))
+        })
+    }
+
+    async fn archive_price(&self, id: &str) -> Result<(), ProviderError> {
+        self.with(|s, _| {
+            let p = s
+                .price_objects
+                .get_mut(id)
+                .ok_or_else(|| ProviderError::NotFound(id.to_owned()))?;
+            p.active = false;
             Ok(())
         })
     }

@@ -32,6 +32,12 @@
 //! | `report_usage` | `POST /v1/billing/meter_events` (the identifier is also the idempotency key) |
 //!
 //! `proration_behavior` is sent only when it is not Stripe's default (`create_prorations`).
+//!
+//! The catalog ([`CatalogProvider`], for [`catalog::push`](crate::catalog::push) and
+//! [`check`](crate::catalog::check)): products (`GET`/`POST /v1/products`, the plan key in
+//! `metadata[saas_plan]`), prices (`GET /v1/prices`, `POST /v1/prices` with the lookup key,
+//! `transfer_lookup_key=true` and `metadata[saas_charge]`, archived with `active=false`),
+//! and for metered prices the meter (`GET`/`POST /v1/billing/meters`, summing).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -43,6 +49,7 @@ use saas_core::telemetry::Redacted;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
+use crate::catalog::{CatalogProvider, Charge, Interval, Plan, Price, ProviderPrice, ProviderProduct};
 use crate::provider::{
     BillingProvider, CancelAt, CheckoutRequest, Customer, Discount, HostedSession, Invoice, InvoiceLine,
     NewSubscription, Proration, ProviderError, Subscription, SubscriptionChange, UsageEvent,
@@ -671,6 +678,144 @@ impl BillingProvider for Stripe {
         )
         .await
         .map(drop)
+    }
+}
+
+impl Stripe {
+    /// The id of the meter for `event_name`, created (summing) when missing.
+    async fn meter(&self, event_name: &str) -> Result<String, ProviderError> {
+        let meters = self.list("/v1/billing/meters").await?;
+        if let Some(id) = meters
+            .iter()
+            .find(|m| m["event_name"].as_str() == Some(event_name) && m["status"].as_str() != Some("inactive"))
+            .and_then(|m| m["id"].as_str())
+        {
+            return Ok(id.to_owned());
+        }
+        let form = [
+            ("display_name".to_owned(), event_name.to_owned()),
+            ("event_name".into(), event_name.to_owned()),
+            ("default_aggregation[formula]".into(), "sum".into()),
+        ];
+        let v = self.post("/v1/billing/meters", &form, &fresh_key("meter")).await?;
+        v["id"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| ProviderError::Refused("the meter came back without an id".into()))
+    }
+}
+
+fn charge_name(c: &Charge) -> &'static str {
+    match c {
+        Charge::Flat => "flat",
+        Charge::PerSeat => "per_seat",
+        Charge::Metered { .. } => "metered",
+    }
+}
+
+fn price_of(v: &Value, meters: &HashMap<String, String>) -> ProviderPrice {
+    let recurring = &v["recurring"];
+    let meter = recurring["meter"]
+        .as_str()
+        .map(|id| meters.get(id).cloned().unwrap_or_else(|| id.to_owned()));
+    let charge = match (v["metadata"]["saas_charge"].as_str(), recurring["usage_type"].as_str()) {
+        (_, Some("metered")) => meter.map(|meter| Charge::Metered { meter }),
+        (Some("per_seat"), _) => Some(Charge::PerSeat),
+        (Some("flat"), _) => Some(Charge::Flat),
+        _ => None,
+    };
+    ProviderPrice {
+        id: v["id"].as_str().unwrap_or_default().to_owned(),
+        product: v["product"].as_str().unwrap_or_default().to_owned(),
+        lookup_key: v["lookup_key"].as_str().map(str::to_owned),
+        active: v["active"].as_bool().unwrap_or(false),
+        currency: v["currency"].as_str().unwrap_or_default().to_owned(),
+        unit_amount: v["unit_amount"].as_i64(),
+        interval: match recurring["interval"].as_str() {
+            Some("month") => Some(Interval::Month),
+            Some("year") => Some(Interval::Year),
+            _ => None,
+        },
+        charge,
+    }
+}
+
+fn product_of(v: &Value) -> ProviderProduct {
+    ProviderProduct {
+        id: v["id"].as_str().unwrap_or_default().to_owned(),
+        plan: v["metadata"]["saas_plan"].as_str().map(str::to_owned),
+        name: v["name"].as_str().unwrap_or_default().to_owned(),
+        active: v["active"].as_bool().unwrap_or(false),
+    }
+}
+
+impl CatalogProvider for Stripe {
+    async fn products(&self) -> Result<Vec<ProviderProduct>, ProviderError> {
+        Ok(self.list("/v1/products").await?.iter().map(product_of).collect())
+    }
+
+    async fn prices(&self) -> Result<Vec<ProviderPrice>, ProviderError> {
+        let meters: HashMap<String, String> = self
+            .list("/v1/billing/meters")
+            .await?
+            .iter()
+            .filter_map(|m| Some((m["id"].as_str()?.to_owned(), m["event_name"].as_str()?.to_owned())))
+            .collect();
+        Ok(self
+            .list("/v1/prices")
+            .await?
+            .iter()
+            .map(|v| price_of(v, &meters))
+            .collect())
+    }
+
+    async fn create_product(&self, plan: &Plan) -> Result<ProviderProduct, ProviderError> {
+        let form = [
+            ("name".to_owned(), plan.display_name().to_owned()),
+            ("metadata[saas_plan]".into(), plan.key().to_owned()),
+        ];
+        Ok(product_of(
+            &self.post("/v1/products", &form, &fresh_key("product")).await?,
+        ))
+    }
+
+    async fn rename_product(&self, id: &str, name: &str) -> Result<(), ProviderError> {
+        let form = [("name".to_owned(), name.to_owned())];
+        self.post(&format!("/v1/products/{}", checked(id)?), &form, &fresh_key("product"))
+            .await
+            .map(drop)
+    }
+
+    async fn create_price(&self, product: &str, price: &Price, currency: &str) -> Result<ProviderPrice, ProviderError> {
+        let mut form = vec![
+            ("product".to_owned(), checked(product)?.to_owned()),
+            ("currency".into(), currency.to_owned()),
+            ("unit_amount".into(), price.amount().to_string()),
+            ("recurring[interval]".into(), price.interval().as_str().to_owned()),
+            ("lookup_key".into(), price.lookup_key().to_owned()),
+            ("transfer_lookup_key".into(), "true".into()),
+            ("nickname".into(), price.lookup_key().to_owned()),
+            ("metadata[saas_charge]".into(), charge_name(price.charge()).to_owned()),
+        ];
+        let mut meters = HashMap::new();
+        if let Charge::Metered { meter } = price.charge() {
+            let id = self.meter(meter).await?;
+            form.push(("recurring[usage_type]".into(), "metered".into()));
+            form.push(("recurring[meter]".into(), id.clone()));
+            meters.insert(id, meter.clone());
+        }
+        let v = self.post("/v1/prices", &form, &fresh_key("price")).await?;
+        self.forget_prices();
+        Ok(price_of(&v, &meters))
+    }
+
+    async fn archive_price(&self, id: &str) -> Result<(), ProviderError> {
+        let form = [("active".to_owned(), "false".to_owned())];
+        self.post(&format!("/v1/prices/{}", checked(id)?), &form, &fresh_key("price"))
+            .await
+            .map(drop)?;
+        self.forget_prices();
+        Ok(())
     }
 }
 

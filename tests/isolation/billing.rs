@@ -31,7 +31,7 @@ async fn subscribed(f: &Fixture) -> (Arc<Simulator>, String, String) {
     let sim = Arc::new(Simulator::new(f.clock.clone()));
     let mut subs = Vec::new();
     for t in [f.a, f.b] {
-        let c = sim.create_customer(t);
+        let c = sim.add_customer(t);
         sim.set_payment_method(&c, true).unwrap();
         let s = sim.subscribe(&c, "pro_monthly", Interval::Month, 0).unwrap();
         sync_subscription(&platform, &*sim, &s, "evt_setup").await.unwrap();

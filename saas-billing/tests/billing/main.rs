@@ -1,6 +1,7 @@
 //! saas-billing against the real PostgreSQL (as the platform and application roles).
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
+mod catalog;
 mod operations;
 mod stripe;
 mod sync;

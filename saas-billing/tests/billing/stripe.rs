@@ -806,3 +806,185 @@ async fn current_api_calls_send_the_parameters_stripe_names() {
         "{err}"
     );
 }
+
+/// `catalog::push` through the client, against a stand-in that keeps the products, prices
+/// and meters it is sent (localstripe has no prices or meters): what is checked is each
+/// request's parameters and that a second push sends no write.
+#[tokio::test]
+async fn the_catalog_is_pushed_with_the_parameters_stripe_names() {
+    use std::sync::{Arc, Mutex};
+
+    use saas_billing::catalog::{Catalog, CatalogProvider, Charge, Plan, Price, check, push};
+
+    #[derive(Default)]
+    struct Store {
+        products: Vec<serde_json::Value>,
+        prices: Vec<serde_json::Value>,
+        meters: Vec<serde_json::Value>,
+        writes: Vec<(String, Vec<(String, String)>)>,
+    }
+    let store: Arc<Mutex<Store>> = Arc::default();
+    let state = Arc::clone(&store);
+    let app = axum::Router::new().fallback(move |method: http::Method, uri: http::Uri, body: String| {
+        let state = Arc::clone(&state);
+        async move {
+            let mut s = state.lock().unwrap();
+            let form = url_decode_pairs(&body);
+            let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+            let path = uri.path().to_owned();
+            let list =
+                |data: &[serde_json::Value]| serde_json::json!({"object": "list", "has_more": false, "data": data});
+            if method == http::Method::GET {
+                return match path.as_str() {
+                    "/v1/products" => list(&s.products),
+                    "/v1/prices" => list(&s.prices),
+                    "/v1/billing/meters" => list(&s.meters),
+                    _ => serde_json::json!({}),
+                }
+                .to_string();
+            }
+            s.writes.push((path.clone(), form.clone()));
+            let answer = match path.as_str() {
+                "/v1/products" => {
+                    let p = serde_json::json!({"id": format!("prod_{}", s.products.len() + 1), "object": "product",
+                        "active": true, "name": get("name"), "metadata": {"saas_plan": get("metadata[saas_plan]")}});
+                    s.products.push(p.clone());
+                    p
+                }
+                "/v1/billing/meters" => {
+                    let m = serde_json::json!({"id": format!("mtr_{}", s.meters.len() + 1), "object": "billing.meter",
+                        "event_name": get("event_name"), "status": "active"});
+                    s.meters.push(m.clone());
+                    m
+                }
+                "/v1/prices" => {
+                    if get("transfer_lookup_key").as_deref() == Some("true") {
+                        for p in &mut s.prices {
+                            if p["lookup_key"].as_str() == get("lookup_key").as_deref() {
+                                p["lookup_key"] = serde_json::Value::Null;
+                            }
+                        }
+                    }
+                    let p = serde_json::json!({"id": format!("price_{}", s.prices.len() + 1), "object": "price",
+                        "active": true, "product": get("product"), "currency": get("currency"),
+                        "unit_amount": get("unit_amount").and_then(|a| a.parse::<i64>().ok()),
+                        "lookup_key": get("lookup_key"), "metadata": {"saas_charge": get("metadata[saas_charge]")},
+                        "recurring": {"interval": get("recurring[interval]"),
+                            "usage_type": get("recurring[usage_type]").unwrap_or_else(|| "licensed".into()),
+                            "meter": get("recurring[meter]")}});
+                    s.prices.push(p.clone());
+                    p
+                }
+                other => {
+                    let id = other.rsplit('/').next().unwrap().to_owned();
+                    let objects = if other.starts_with("/v1/prices/") {
+                        &mut s.prices
+                    } else {
+                        &mut s.products
+                    };
+                    let o = objects.iter_mut().find(|o| o["id"] == id.as_str()).unwrap();
+                    if let Some(a) = get("active") {
+                        o["active"] = serde_json::Value::Bool(a == "true");
+                    }
+                    if let Some(n) = get("name") {
+                        o["name"] = serde_json::Value::String(n);
+                    }
+                    o.clone()
+                }
+            };
+            answer.to_string()
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let stripe = Stripe::new(KEY).unwrap().base_url(format!("http://{addr}")).retries(0);
+
+    let catalog = |monthly: i64| {
+        Catalog::new("eur")
+            .plan(Plan::new("free"))
+            .plan(
+                Plan::new("pro")
+                    .name("Pro")
+                    .price(Price::monthly("pro_monthly", monthly))
+                    .price(Price::metered_monthly("pro_api", "api_calls", 2)),
+            )
+            .plan(Plan::new("business").price(Price::per_seat_annual("business_seat", 15000)))
+            .validate()
+            .unwrap()
+    };
+    let report = push(&catalog(3000), &stripe).await.unwrap();
+    assert_eq!(report.prices_created, ["pro_monthly", "pro_api", "business_seat"]);
+    let writes = store.lock().unwrap().writes.clone();
+    let sent = |path: &str, n: usize| {
+        let mut f = writes.iter().filter(|w| w.0 == path).nth(n).unwrap().1.clone();
+        f.sort();
+        f
+    };
+    assert_eq!(
+        sent("/v1/products", 0),
+        pairs(&[("name", "Pro"), ("metadata[saas_plan]", "pro")])
+    );
+    assert_eq!(
+        sent("/v1/prices", 0),
+        pairs(&[
+            ("product", "prod_1"),
+            ("currency", "eur"),
+            ("unit_amount", "3000"),
+            ("recurring[interval]", "month"),
+            ("lookup_key", "pro_monthly"),
+            ("transfer_lookup_key", "true"),
+            ("nickname", "pro_monthly"),
+            ("metadata[saas_charge]", "flat"),
+        ])
+    );
+    assert_eq!(
+        sent("/v1/billing/meters", 0),
+        pairs(&[
+            ("display_name", "api_calls"),
+            ("event_name", "api_calls"),
+            ("default_aggregation[formula]", "sum"),
+        ])
+    );
+    let metered = sent("/v1/prices", 1);
+    for field in [
+        ("recurring[usage_type]", "metered"),
+        ("recurring[meter]", "mtr_1"),
+        ("unit_amount", "2"),
+    ] {
+        assert!(metered.contains(&(field.0.into(), field.1.into())), "{metered:?}");
+    }
+    assert!(sent("/v1/prices", 2).contains(&("recurring[interval]".into(), "year".into())));
+
+    // Read back, the prices carry their charge (the meter by its event name).
+    let prices = stripe.prices().await.unwrap();
+    assert_eq!(
+        prices
+            .iter()
+            .find(|p| p.lookup_key.as_deref() == Some("pro_api"))
+            .unwrap()
+            .charge,
+        Some(Charge::Metered {
+            meter: "api_calls".into()
+        })
+    );
+    assert_eq!(check(&catalog(3000), &stripe).await.unwrap(), []);
+    let before = store.lock().unwrap().writes.len();
+    assert!(push(&catalog(3000), &stripe).await.unwrap().is_empty());
+    assert_eq!(
+        store.lock().unwrap().writes.len(),
+        before,
+        "a second push writes nothing"
+    );
+
+    // A new amount: a new price takes the key, the old one is archived.
+    let report = push(&catalog(3500), &stripe).await.unwrap();
+    assert_eq!(
+        (report.prices_created.as_slice(), report.prices_archived.as_slice()),
+        (&["pro_monthly".to_owned()][..], &["price_1".to_owned()][..])
+    );
+    let writes = store.lock().unwrap().writes.clone();
+    let archive = writes.iter().find(|w| w.0 == "/v1/prices/price_1").unwrap();
+    assert_eq!(archive.1, pairs(&[("active", "false")]));
+    assert_eq!(check(&catalog(3500), &stripe).await.unwrap(), []);
+}

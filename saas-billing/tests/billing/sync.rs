@@ -196,7 +196,7 @@ fn every_lifecycle_converges_whatever_the_delivery_order_and_duplicates() {
                     let sim = Simulator::new(clock.clone());
                     let sim = if unpaid { sim.unpaid_when_retries_run_out() } else { sim };
                     let tenant = TenantId::new();
-                    let customer = sim.create_customer(tenant);
+                    let customer = sim.add_customer(tenant);
                     let sub = steps(&sim, &customer);
                     // The simulator walked the lifecycle (not just the mirror agreeing with it).
                     prop_assert_eq!(sim.subscription(&sub).await.unwrap().unwrap().status, expected, "{}", name);
@@ -287,7 +287,7 @@ async fn the_application_role_reads_its_mirror_and_writes_none_of_it() {
     let (a, b) = (TenantId::new(), TenantId::new());
     let mut subs = Vec::new();
     for t in [a, b] {
-        let c = sim.create_customer(t);
+        let c = sim.add_customer(t);
         sim.set_payment_method(&c, true).unwrap();
         let sub = sim.subscribe(&c, "pro_monthly", Interval::Month, 0).unwrap();
         saas_billing::sync::sync_subscription(&platform, &*sim, &sub, "test")
@@ -330,7 +330,7 @@ async fn a_worker_applies_delivered_events_to_the_mirror() {
     .unwrap();
     let endpoint = WebhookEndpoint::new(platform.clone(), WebhookSecrets::new(SECRET).unwrap()).clock(clock.clone());
     let tenant = TenantId::new();
-    let customer = sim.create_customer(tenant);
+    let customer = sim.add_customer(tenant);
     sim.set_payment_method(&customer, true).unwrap();
     let sub = sim.subscribe(&customer, "pro_monthly", Interval::Month, 14).unwrap();
     sim.advance(Duration::days(15));
@@ -405,13 +405,13 @@ async fn reconcile_reports_and_fixes_what_webhooks_missed_and_runs_on_a_schedule
     let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap());
     let sim = Arc::new(Simulator::new(clock.clone()));
     let (a, b) = (TenantId::new(), TenantId::new());
-    let ca = sim.create_customer(a);
+    let ca = sim.add_customer(a);
     sim.set_payment_method(&ca, true).unwrap();
     let sa = sim.subscribe(&ca, "pro_monthly", Interval::Month, 14).unwrap();
     saas_billing::sync::sync_subscription(&platform, &*sim, &sa, "evt_seen")
         .await
         .unwrap();
-    let cb = sim.create_customer(b);
+    let cb = sim.add_customer(b);
     let sb = sim.subscribe(&cb, "pro_monthly", Interval::Month, 0).unwrap();
     // No webhook reaches us from here on: A's trial ends (active), B never paid (expired).
     sim.advance(Duration::days(15));
@@ -453,7 +453,7 @@ async fn reconcile_reports_and_fixes_what_webhooks_missed_and_runs_on_a_schedule
 
     // On a schedule: a third tenant's subscription appears in the mirror by itself.
     let c = TenantId::new();
-    let cc = sim.create_customer(c);
+    let cc = sim.add_customer(c);
     sim.set_payment_method(&cc, true).unwrap();
     let sc = sim.subscribe(&cc, "pro_annual", Interval::Year, 0).unwrap();
     let builder = saas_events::Worker::builder(platform.clone());

@@ -28,6 +28,10 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+mod push;
+
+pub use push::{CatalogDrift, CatalogProvider, ProviderPrice, ProviderProduct, PushReport, check, push};
+
 /// How often a price bills.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Interval {
