@@ -11,7 +11,7 @@ use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 
-use super::redact::is_sensitive_field;
+use super::redact::{is_sensitive_field, scrub_secrets};
 
 /// The fields of a span, kept in its extensions as they are recorded.
 #[derive(Debug, Default)]
@@ -25,7 +25,13 @@ impl JsonVisitor<'_> {
         let value = if is_sensitive_field(name) {
             Value::from("[redacted]")
         } else {
-            value
+            match value {
+                Value::String(text) => match scrub_secrets(&text) {
+                    std::borrow::Cow::Owned(clean) => Value::String(clean),
+                    std::borrow::Cow::Borrowed(_) => Value::String(text),
+                },
+                other => other,
+            }
         };
         self.0.insert(name.to_owned(), value);
     }
@@ -61,7 +67,8 @@ impl Visit for JsonVisitor<'_> {
 /// the fields of every enclosing span (the innermost wins), among them `request_id`,
 /// `trace_id`, `tenant_id` and `user_id` when the request span has them; `span_id` is the
 /// innermost span's id. Fields named like secrets ([`SENSITIVE_FIELDS`](super::SENSITIVE_FIELDS))
-/// are written as `[redacted]`.
+/// are written as `[redacted]`, and API keys and signing secrets inside any text (a
+/// message, an error) are cut to their prefix ([`scrub_secrets`](super::scrub_secrets)).
 pub struct JsonLayer<W> {
     make_writer: W,
 }

@@ -24,8 +24,8 @@ pub mod prometheus;
 
 pub use json::JsonLayer;
 pub use redact::{
-    Redacted, RedactedHeaders, SENSITIVE_FIELDS, SENSITIVE_HEADERS, is_sensitive_field, is_sensitive_header,
-    is_sensitive_header_str,
+    Redacted, RedactedHeaders, SECRET_PREFIXES, SENSITIVE_FIELDS, SENSITIVE_HEADERS, is_sensitive_field,
+    is_sensitive_header, is_sensitive_header_str, scrub_secrets,
 };
 pub use trace_layer::{RequestSpan, ResponseFuture, TraceId, TraceLayer, TraceService};
 
@@ -312,7 +312,9 @@ mod sentry_support {
     use std::borrow::Cow;
     use std::sync::Arc;
 
-    use super::{RequestSpan, TelemetryConfig, TelemetryError, is_sensitive_field, is_sensitive_header_str};
+    use super::{
+        RequestSpan, TelemetryConfig, TelemetryError, is_sensitive_field, is_sensitive_header_str, scrub_secrets,
+    };
 
     pub(super) fn init(dsn: &str, config: &TelemetryConfig) -> Result<sentry::ClientInitGuard, TelemetryError> {
         let dsn: sentry::types::Dsn = dsn
@@ -345,6 +347,22 @@ mod sentry_support {
         for (k, v) in event.extra.iter_mut() {
             if is_sensitive_field(k) {
                 *v = "[redacted]".into();
+            } else if let Some(text) = v.as_str()
+                && let Cow::Owned(clean) = scrub_secrets(text)
+            {
+                *v = clean.into();
+            }
+        }
+        if let Some(m) = event.message.as_mut()
+            && let Cow::Owned(clean) = scrub_secrets(m)
+        {
+            *m = clean;
+        }
+        for e in event.exception.values.iter_mut() {
+            if let Some(v) = e.value.as_mut()
+                && let Cow::Owned(clean) = scrub_secrets(v)
+            {
+                *v = clean;
             }
         }
         event

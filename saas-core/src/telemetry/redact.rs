@@ -1,5 +1,6 @@
 //! Keeping secrets out of logs.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use http::HeaderMap;
@@ -27,7 +28,57 @@ pub const SENSITIVE_FIELDS: &[&str] = &[
     "api_key",
     "stripe_signature",
     "webhook_signature",
+    "secret_key",
 ];
+
+/// How secrets begin that can end up inside text (an error message, a URL, a debug dump):
+/// Stripe's secret and restricted API keys and webhook signing secrets.
+/// [`scrub_secrets`] cuts each to its prefix.
+pub const SECRET_PREFIXES: &[&str] = &["sk_live_", "sk_test_", "rk_live_", "rk_test_", "whsec_"];
+
+/// `text` with each secret that starts with one of [`SECRET_PREFIXES`] replaced by its
+/// prefix and `[redacted]`; borrowed when there is none (the common case costs one scan).
+///
+/// ```
+/// use saas_core::telemetry::scrub_secrets;
+/// assert_eq!(
+///     scrub_secrets("Stripe refused sk_live_51HxYz: bad key"),
+///     "Stripe refused sk_live_[redacted]: bad key"
+/// );
+/// assert_eq!(scrub_secrets("nothing here"), "nothing here");
+/// ```
+pub fn scrub_secrets(text: &str) -> Cow<'_, str> {
+    let next = |from: usize| {
+        SECRET_PREFIXES
+            .iter()
+            .filter_map(|p| text[from..].find(p).map(|i| (from + i, p.len())))
+            .min()
+    };
+    let Some(mut found) = next(0) else {
+        return Cow::Borrowed(text);
+    };
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    loop {
+        let (at, len) = found;
+        let secret_start = at + len;
+        let secret_len = text[secret_start..]
+            .bytes()
+            .take_while(u8::is_ascii_alphanumeric)
+            .count();
+        out.push_str(&text[copied..secret_start]);
+        if secret_len > 0 {
+            out.push_str("[redacted]");
+        }
+        copied = secret_start + secret_len;
+        match next(copied) {
+            Some(f) => found = f,
+            None => break,
+        }
+    }
+    out.push_str(&text[copied..]);
+    Cow::Owned(out)
+}
 
 /// Whether a header's value must not be logged.
 pub fn is_sensitive_header(name: &HeaderName) -> bool {
@@ -124,7 +175,19 @@ mod tests {
     }
 
     #[test]
+    fn secrets_inside_text_are_cut_to_their_prefix() {
+        assert_eq!(
+            scrub_secrets("key=sk_test_abc123XYZ, next rk_live_9 and whsec_s3cr3t."),
+            "key=sk_test_[redacted], next rk_live_[redacted] and whsec_[redacted]."
+        );
+        assert_eq!(scrub_secrets("ends with sk_live_"), "ends with sk_live_");
+        assert!(matches!(scrub_secrets("sk_ is not a key"), Cow::Borrowed(_)));
+        assert_eq!(scrub_secrets("été sk_test_x é"), "été sk_test_[redacted] é");
+    }
+
+    #[test]
     fn field_names_are_matched() {
+        assert!(is_sensitive_field("stripe_secret_key"));
         assert!(is_sensitive_field("password"));
         assert!(is_sensitive_field("db_password"));
         assert!(is_sensitive_field("Stripe-Signature"));

@@ -174,6 +174,20 @@ async fn sensitive_headers_never_reach_the_log() {
 }
 
 #[tokio::test]
+async fn api_keys_inside_messages_and_errors_never_reach_the_log() {
+    let (capture, _guard) = capture("info");
+    let key = "sk_live_51HxYzAbCdEfGh";
+    let err = std::io::Error::other(format!("authentication failed for {key}"));
+    tracing::warn!(error = %err, url = "https://api.stripe.com/v1?key=whsec_abc123", "Stripe said no to {key}");
+    let text = capture.text();
+    assert!(!text.contains("51HxYz") && !text.contains("abc123"), "{text}");
+    let line = capture.lines().into_iter().find(|l| l["level"] == "WARN").unwrap();
+    assert_eq!(line["message"], "Stripe said no to sk_live_[redacted]");
+    assert_eq!(line["error"], "authentication failed for sk_live_[redacted]");
+    assert_eq!(line["url"], "https://api.stripe.com/v1?key=whsec_[redacted]");
+}
+
+#[tokio::test]
 async fn a_trace_id_is_minted_without_traceparent_and_5xx_logs_at_warn() {
     let (capture, _guard) = capture("info");
 
@@ -353,7 +367,20 @@ async fn server_errors_and_panics_are_reported_to_sentry_with_ids_and_no_secrets
     request.headers.insert("Accept".into(), "*/*".into());
     request.cookies = Some("sid=abc".into());
     event.request = Some(request);
+    // … and API keys inside its message, exception and extras.
+    event.message = Some("Stripe refused sk_live_51Hx".into());
+    event.exception.values.push(sentry::protocol::Exception {
+        value: Some("401 for rk_test_9z".into()),
+        ..Default::default()
+    });
+    event.extra.insert("detail".into(), "whsec_abc".into());
     let event = saas_core::telemetry::sentry_redact_event(event);
+    assert_eq!(event.message.as_deref(), Some("Stripe refused sk_live_[redacted]"));
+    assert_eq!(
+        event.exception.values[0].value.as_deref(),
+        Some("401 for rk_test_[redacted]")
+    );
+    assert_eq!(event.extra["detail"], "whsec_[redacted]");
     let request = event.request.unwrap();
     assert_eq!(request.headers["Authorization"], "[redacted]");
     assert_eq!(request.headers["Stripe-Signature"], "[redacted]");
