@@ -10,6 +10,7 @@
 //! needs to know the event arrived.
 
 mod inbox;
+mod retention;
 mod signature;
 
 use std::convert::Infallible;
@@ -27,6 +28,7 @@ use saas_events::Event;
 use saas_tenancy::PlatformPool;
 use serde::{Deserialize, Serialize};
 
+pub use retention::{DEFAULT_RETENTION_DAYS, PruneInbox, prune_inbox, schedule_pruning};
 pub use signature::{HEADER, SecretError, SignatureError, TOLERANCE_SECS, WebhookSecrets, sign};
 
 /// The largest delivery accepted by default (Stripe's events are a few kilobytes; lists

@@ -293,3 +293,39 @@ async fn the_application_role_cannot_touch_the_inbox() {
     }
     assert_eq!(s.stored().await, (1, 1));
 }
+
+#[tokio::test]
+async fn processed_events_are_pruned_after_the_retention_period_and_others_kept() {
+    let s = setup(WebhookSecrets::new(SECRET).unwrap()).await;
+    for id in ["evt_old", "evt_recent", "evt_pending"] {
+        assert_eq!(s.send(s.signed(&event(id, "invoice.paid"))).await.0, StatusCode::OK);
+    }
+    let now = s.clock.now();
+    for (id, days) in [("evt_old", 31), ("evt_recent", 29)] {
+        sqlx::query("UPDATE saas.billing_inbox SET processed_at = $2, outcome = 'applied' WHERE event_id = $1")
+            .bind(id)
+            .bind(now - Duration::days(days))
+            .execute(s.db.platform())
+            .await
+            .unwrap();
+    }
+    let platform = PlatformPool::new(s.db.platform().clone());
+    let keep = Duration::days(saas_billing::webhook::DEFAULT_RETENTION_DAYS);
+    assert_eq!(
+        saas_billing::webhook::prune_inbox(&platform, keep, now).await.unwrap(),
+        1
+    );
+    let left: Vec<String> = sqlx::query_scalar("SELECT event_id FROM saas.billing_inbox ORDER BY event_id")
+        .fetch_all(s.db.platform())
+        .await
+        .unwrap();
+    assert_eq!(left, ["evt_pending", "evt_recent"]);
+    // Even a very old event is kept while it waits for processing.
+    assert_eq!(
+        saas_billing::webhook::prune_inbox(&platform, Duration::zero(), now + Duration::days(400))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(s.stored().await.0, 1);
+}
