@@ -355,6 +355,8 @@ pub trait BillingProvider: Send + Sync + 'static {
     /// Every subscription of `customer`, whatever its status.
     fn subscriptions_of(&self, customer: &str)
     -> impl Future<Output = Result<Vec<Subscription>, ProviderError>> + Send;
+    /// Every subscription, whatever its status (for reconciliation).
+    fn subscriptions(&self) -> impl Future<Output = Result<Vec<Subscription>, ProviderError>> + Send;
     /// Every customer (for reconciliation).
     fn customers(&self) -> impl Future<Output = Result<Vec<Customer>, ProviderError>> + Send;
 

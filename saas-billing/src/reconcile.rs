@@ -7,6 +7,7 @@
 //! with `reconcile` as the cause) and returns every difference it found. Run it on a
 //! schedule ([`schedule`]) and on demand (the example app exposes it as a command).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use saas_core::TenantId;
@@ -50,33 +51,44 @@ pub async fn reconcile<P: BillingProvider + ?Sized>(
     provider: &P,
 ) -> Result<ReconcileReport, SyncError> {
     let mut report = ReconcileReport::default();
+    // Two paginated lists from the provider and one query of the mirror, whatever the
+    // number of customers.
+    let mut tenants = HashMap::new();
     for customer in provider.customers().await? {
-        if customer.tenant.is_none() {
-            report.orphan_customers.push(customer.id);
+        match customer.tenant {
+            Some(t) => {
+                tenants.insert(customer.id, t);
+            }
+            None => report.orphan_customers.push(customer.id),
+        }
+    }
+    let mirror: HashMap<String, MirrorRow> = sqlx::query_as::<_, (String, String, Option<String>, i64, bool)>(
+        "SELECT subscription_id, status, price_lookup_key, quantity, cancel_at_period_end \
+         FROM saas.billing_subscriptions",
+    )
+    .fetch_all(platform.as_pool())
+    .await?
+    .into_iter()
+    .map(|(id, status, price, quantity, cancel)| (id, (status, price, quantity, cancel)))
+    .collect();
+    for sub in provider.subscriptions().await? {
+        let Some(&tenant) = tenants.get(&sub.customer) else {
+            continue;
+        };
+        report.checked += 1;
+        let row = mirror.get(&sub.id);
+        let fields = differences(row, &sub);
+        if fields.is_empty() {
             continue;
         }
-        for sub in provider.subscriptions_of(&customer.id).await? {
-            report.checked += 1;
-            let mirror: Option<(String, Option<String>, i64, bool)> = sqlx::query_as(
-                "SELECT status, price_lookup_key, quantity, cancel_at_period_end \
-                 FROM saas.billing_subscriptions WHERE subscription_id = $1",
-            )
-            .bind(&sub.id)
-            .fetch_optional(platform.as_pool())
-            .await?;
-            let fields = differences(mirror.as_ref(), &sub);
-            if fields.is_empty() {
-                continue;
-            }
-            sync_subscription(platform, provider, &sub.id, "reconcile").await?;
-            report.drift.push(Drift {
-                subscription: sub.id.clone(),
-                tenant: customer.tenant,
-                mirror: mirror.and_then(|m| m.0.parse().ok()),
-                provider: sub.status,
-                fields,
-            });
-        }
+        sync_subscription(platform, provider, &sub.id, "reconcile").await?;
+        report.drift.push(Drift {
+            subscription: sub.id.clone(),
+            tenant: Some(tenant),
+            mirror: row.and_then(|m| m.0.parse().ok()),
+            provider: sub.status,
+            fields,
+        });
     }
     if !report.drift.is_empty() {
         tracing::warn!(
@@ -89,7 +101,10 @@ pub async fn reconcile<P: BillingProvider + ?Sized>(
     Ok(report)
 }
 
-fn differences(mirror: Option<&(String, Option<String>, i64, bool)>, sub: &Subscription) -> Vec<&'static str> {
+/// A mirror row: status, price lookup key, quantity, cancel at period end.
+type MirrorRow = (String, Option<String>, i64, bool);
+
+fn differences(mirror: Option<&MirrorRow>, sub: &Subscription) -> Vec<&'static str> {
     let Some((status, price, quantity, cancel)) = mirror else {
         return vec!["missing"];
     };

@@ -745,6 +745,10 @@ impl BillingProvider for Simulator {
         Ok(self.with(|s, _| s.subs.get(id).map(|sim| sim.sub.clone())))
     }
 
+    async fn subscriptions(&self) -> Result<Vec<Subscription>, ProviderError> {
+        Ok(self.with(|s, _| s.subs.values().map(|sim| sim.sub.clone()).collect()))
+    }
+
     async fn customers(&self) -> Result<Vec<Customer>, ProviderError> {
         Ok(self.with(|s, _| s.customers.values().map(|c| c.0.clone()).collect()))
     }

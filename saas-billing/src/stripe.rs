@@ -517,6 +517,14 @@ impl BillingProvider for Stripe {
         self.list(&path).await?.iter().map(subscription_of).collect()
     }
 
+    async fn subscriptions(&self) -> Result<Vec<Subscription>, ProviderError> {
+        self.list("/v1/subscriptions?status=all")
+            .await?
+            .iter()
+            .map(subscription_of)
+            .collect()
+    }
+
     async fn customers(&self) -> Result<Vec<Customer>, ProviderError> {
         Ok(self.list("/v1/customers").await?.iter().map(customer_of).collect())
     }

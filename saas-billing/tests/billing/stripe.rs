@@ -176,6 +176,7 @@ async fn the_client_reads_what_localstripe_holds_and_the_mirror_applies_it() {
         vec![sub_id.as_str()]
     );
     assert!(stripe.customers().await.unwrap().iter().any(|c| c.id == customer.id));
+    assert!(stripe.subscriptions().await.unwrap().iter().any(|s| s.id == sub_id));
     // Ids never reach another path.
     assert!(stripe.subscription("../v1/customers").await.is_err());
 
