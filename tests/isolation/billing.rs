@@ -1,6 +1,7 @@
 //! Billing: what a tenant pays for is written only by billing processing. Tenant A reads
 //! its own subscription and nothing of B's, cannot change its own plan or status, cannot
-//! read or forge webhook events, and purging A removes A's billing rows only.
+//! read or forge webhook events, cannot have billing cancel B's subscription, and purging A
+//! removes A's billing rows only.
 
 use std::sync::Arc;
 
@@ -144,4 +145,51 @@ async fn attack_62_purging_a_removes_its_billing_rows_and_nothing_of_b() {
             .await
             .unwrap();
     assert_eq!(b_status, "active");
+}
+
+#[tokio::test]
+async fn attack_63_a_tenant_cannot_have_billing_cancel_another_tenants_subscription() {
+    let f = Fixture::new().await;
+    let (sim, _a_sub, b_sub) = subscribed(&f).await;
+    let platform = PlatformPool::new(f.db.platform().clone());
+    let mut tx = TenantTx::begin(f.db.app(), f.a).await.unwrap();
+    // A platform job (no tenant) is out of the application role's reach …
+    refused(
+        &mut tx,
+        "SELECT saas.publish_job('default', 'billing.tenant_deleted', \
+         jsonb_build_object('tenant_id', '00000000-0000-0000-0000-000000000000'), NULL)",
+    )
+    .await;
+    // … and the one it may publish (for itself) names B: the handler must not act on it.
+    saas_events::publish(&mut tx, &saas_billing::customers::TenantDeleted { tenant_id: f.b })
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let worker = saas_billing::sync::handle_events(
+        saas_events::Worker::builder(platform.clone()),
+        platform.clone(),
+        Arc::clone(&sim),
+    )
+    .start()
+    .await
+    .unwrap();
+    let mut state: Option<String> = None;
+    for _ in 0..400 {
+        state = sqlx::query_scalar(
+            "SELECT state FROM saas.jobs WHERE kind = 'billing.tenant_deleted' \
+             UNION ALL SELECT 'done' FROM saas.jobs_done WHERE kind = 'billing.tenant_deleted'",
+        )
+        .fetch_optional(f.db.platform())
+        .await
+        .unwrap();
+        if matches!(state.as_deref(), Some("dead" | "done")) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    worker.shutdown(std::time::Duration::from_secs(5)).await;
+    assert_eq!(state.as_deref(), Some("dead"), "the forged job is dead-lettered");
+    use saas_billing::provider::BillingProvider;
+    let at_provider = sim.subscription(&b_sub).await.unwrap().unwrap();
+    assert_eq!(at_provider.status.as_str(), "active", "B still pays");
 }
