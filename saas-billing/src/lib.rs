@@ -6,19 +6,18 @@
 //!
 //! | piece | what it does |
 //! |---|---|
-//! | [`catalog`] | plans, prices (flat, per seat, metered; monthly and annual) and features, in code, named by lookup key |
+//! | [`catalog`] | plans, prices (flat, per seat, metered; monthly and annual) and features, in code, named by lookup key; [`push`](catalog::push) to the provider and [`check`](catalog::check) for drift |
 //! | [`SubscriptionStatus`] | Stripe's statuses and the legal moves between them; terminal states stay terminal |
 //! | [`AccessPolicy`] | (status, time in status, plan) → what the tenant may use: grace period, fallback, payment-problem signal |
-//! | [`webhook`] | the `POST` endpoint: `Stripe-Signature` verified against every active secret, the event stored in an inbox and its processing queued in one transaction, duplicates acknowledged |
-//! | [`sync`] | processing: each stored event's subscription refetched from the provider and applied to the mirror, serialised per subscription, with a transition history and the tenant's audit log |
-//! | [`BillingProvider`], [`Simulator`] | what the mirror reads from the provider; an in-memory provider (not Stripe) that walks Stripe's lifecycles on a `ManualClock` and emits Stripe's events |
-//!
+//! | [`webhook`] | the `POST` endpoint: `Stripe-Signature` verified against every active secret, the event stored in an inbox and its processing queued in one transaction, duplicates acknowledged; inbox retention |
+//! | [`sync`] | processing: each stored event's subscriptions refetched from the provider and applied to the mirror, serialised per subscription, with a transition history and the tenant's audit log |
 //! | [`reconcile`](mod@reconcile) | the mirror compared with the provider, drift fixed and reported; on a schedule or on demand |
-//! | `stripe` (feature `stripe`) | the Stripe client: idempotency keys, retries honouring `Retry-After`, a cap on requests in flight, a redacted key; the provider's read side and customer creation |
+//! | [`BillingProvider`] | customers (one per tenant: [`customer_for`]), checkout and portal sessions, subscription changes with proration and their previews, invoices, usage |
+//! | [`Simulator`] | an in-memory provider (not Stripe) that walks Stripe's lifecycles on a `ManualClock` and emits Stripe's events |
+//! | `stripe` (feature `stripe`) | the Stripe client: idempotency keys, retries honouring `Retry-After`, a cap on requests in flight, a redacted key |
+//! | [`customers`] | a tenant whose deletion is requested stops paying |
 //!
-//! Still to come (see the crate's CHANGELOG): the provider's write side (checkout and
-//! portal sessions, subscription changes with proration, usage), the catalog's push and
-//! drift check, entitlements and usage metering.
+//! Entitlements and usage metering come with the next part (see the crate's CHANGELOG).
 //!
 //! ## Receive Stripe's webhooks
 //!
@@ -52,6 +51,48 @@
 //! assert_eq!(again.status(), 200);
 //! let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM saas.billing_inbox").fetch_one(db.platform()).await.unwrap();
 //! assert_eq!(stored, 1);
+//! # });
+//! ```
+//!
+//! ## Sell a plan
+//!
+//! With the [`Simulator`] here; in production the same calls go to `stripe::Stripe`, and
+//! [`customer_for`] records each tenant's customer in the mirror.
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! use saas_billing::catalog::{self, Catalog, Plan, Price};
+//! use saas_billing::provider::{BillingProvider, CheckoutRequest, SubscriptionChange};
+//! use saas_billing::Simulator;
+//! use saas_core::{TenantId, clock::ManualClock};
+//!
+//! let catalog = Catalog::new("eur")
+//!     .plan(Plan::new("free"))
+//!     .plan(Plan::new("pro").trial_days(14).price(Price::monthly("pro_monthly", 2900)))
+//!     .plan(Plan::new("team").price(Price::per_seat_monthly("team_seat", 1200)))
+//!     .validate()
+//!     .unwrap();
+//! let provider = Simulator::new(ManualClock::new(chrono::Utc::now()));
+//! catalog::push(&catalog, &provider).await.unwrap(); // products and prices, idempotent
+//!
+//! let tenant = TenantId::new();
+//! let customer = provider.create_customer(tenant, Some("billing@acme.test")).await.unwrap();
+//! let page = provider
+//!     .checkout_session(
+//!         &CheckoutRequest::new(tenant, &customer.id, "pro_monthly", "https://app.test/ok", "https://app.test/back")
+//!             .trial_days(14),
+//!     )
+//!     .await
+//!     .unwrap();
+//! // Send the customer to `page.url`; Stripe then sends `checkout.session.completed`.
+//! let sub = provider.complete_checkout(&page.id, true).unwrap();
+//! assert_eq!(provider.subscription(&sub).await.unwrap().unwrap().status.as_str(), "trialing");
+//!
+//! // What moving to five Team seats would cost, before doing it.
+//! let change = SubscriptionChange::price("team_seat").with_quantity(5);
+//! let preview = provider.preview_change(&sub, &change).await.unwrap();
+//! assert_eq!(preview.amount_due, 5 * 1200); // still in the trial: no proration
+//! provider.update_subscription(&sub, &change).await.unwrap();
 //! # });
 //! ```
 
