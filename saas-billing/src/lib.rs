@@ -99,6 +99,7 @@
 pub mod access;
 pub mod catalog;
 pub mod customers;
+pub mod entitlements;
 pub mod provider;
 pub mod reconcile;
 pub mod simulator;
@@ -111,6 +112,7 @@ pub mod webhook;
 pub use access::{Access, AccessPolicy, AccessReason, Lapsed, Mode};
 pub use catalog::{Catalog, CatalogError};
 pub use customers::customer_for;
+pub use entitlements::{Decision, Entitlements};
 pub use provider::{BillingProvider, ProviderError};
 pub use simulator::Simulator;
 pub use status::{SubscriptionStatus, TransitionError, UnknownStatus};

@@ -38,6 +38,8 @@ pub struct Subscription {
     pub price_lookup_key: Option<String>,
     /// Seats (the item's quantity).
     pub quantity: u64,
+    /// When the current period started (the billing anchor usage periods reset on).
+    pub current_period_start: Option<DateTime<Utc>>,
     /// When the current period ends.
     pub current_period_end: Option<DateTime<Utc>>,
     /// When the trial ends, if it has one.

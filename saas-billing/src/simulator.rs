@@ -307,6 +307,7 @@ impl Simulator {
                     status: SubscriptionStatus::Trialing,
                     price_lookup_key: Some(lookup_key.to_owned()),
                     quantity: 1,
+                    current_period_start: Some(now),
                     current_period_end: Some(trial_end.unwrap_or_else(|| next_period(now, interval))),
                     trial_end,
                     cancel_at_period_end: false,
@@ -462,6 +463,7 @@ impl State {
                 "id": sim.sub.id, "object": "subscription", "customer": sim.sub.customer,
                 "status": sim.sub.status.as_str(), "quantity": sim.sub.quantity,
                 "cancel_at_period_end": sim.sub.cancel_at_period_end,
+                "current_period_start": sim.sub.current_period_start.map(|t| t.timestamp()),
                 "current_period_end": sim.sub.current_period_end.map(|t| t.timestamp()),
                 "trial_end": sim.sub.trial_end.map(|t| t.timestamp()),
             })
@@ -677,6 +679,7 @@ impl State {
             sim.sub.status = SubscriptionStatus::Active;
             sim.failed_at = None;
             sim.retries = 0;
+            sim.sub.current_period_start = Some(now);
             sim.sub.current_period_end = Some(next_period(now, sim.interval));
             sim.sub.trial_end = sim.sub.trial_end.filter(|t| *t > now);
             self.emit_sub(status_event, id, now);
@@ -714,6 +717,7 @@ impl State {
                     sim.sub.status = Active;
                     sim.failed_at = None;
                     sim.retries = 0;
+                    sim.sub.current_period_start = Some(now);
                     sim.sub.current_period_end = Some(next_period(now, sim.interval));
                     self.emit_invoice(id, true, now);
                     self.emit_sub("customer.subscription.updated", id, now);
@@ -875,6 +879,7 @@ impl BillingProvider for Simulator {
             }
             if interval_changed && sim.sub.status == SubscriptionStatus::Active {
                 // A new billing period starts now.
+                sim.sub.current_period_start = Some(now);
                 sim.sub.current_period_end = Some(next_period(now, sim.interval));
             }
             s.emit_sub("customer.subscription.updated", id, now);

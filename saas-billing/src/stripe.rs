@@ -491,6 +491,7 @@ fn subscription_of(v: &Value) -> Result<Subscription, ProviderError> {
             .or_else(|| v["quantity"].as_u64())
             .unwrap_or(1),
         // Newer API versions keep the period on the item.
+        current_period_start: time(&item["current_period_start"]).or_else(|| time(&v["current_period_start"])),
         current_period_end: time(&item["current_period_end"]).or_else(|| time(&v["current_period_end"])),
         trial_end: time(&v["trial_end"]),
         cancel_at_period_end: v["cancel_at_period_end"].as_bool().unwrap_or(false),

@@ -242,13 +242,15 @@ async fn apply(
     };
     sqlx::query(
         "INSERT INTO saas.billing_subscriptions (tenant_id, subscription_id, customer_id, status, status_since, \
-             price_lookup_key, quantity, current_period_end, trial_end, cancel_at_period_end, synced_at) \
-         VALUES ($1, $2, $3, $4, now(), $5, $6, $7, $8, $9, now()) \
+             price_lookup_key, quantity, current_period_end, trial_end, cancel_at_period_end, synced_at, \
+             current_period_start) \
+         VALUES ($1, $2, $3, $4, now(), $5, $6, $7, $8, $9, now(), $10) \
          ON CONFLICT (tenant_id, subscription_id) DO UPDATE SET \
              status_since = CASE WHEN billing_subscriptions.status = excluded.status \
                                  THEN billing_subscriptions.status_since ELSE now() END, \
              status = excluded.status, price_lookup_key = excluded.price_lookup_key, \
              quantity = excluded.quantity, current_period_end = excluded.current_period_end, \
+             current_period_start = excluded.current_period_start, \
              trial_end = excluded.trial_end, cancel_at_period_end = excluded.cancel_at_period_end, \
              synced_at = now()",
     )
@@ -261,6 +263,7 @@ async fn apply(
     .bind(sub.current_period_end)
     .bind(sub.trial_end)
     .bind(sub.cancel_at_period_end)
+    .bind(sub.current_period_start)
     .execute(&mut **tx)
     .await?;
     if from == Some(to) {

@@ -2,6 +2,7 @@
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 mod catalog;
+mod entitlements;
 mod operations;
 mod stripe;
 mod sync;

@@ -1,0 +1,310 @@
+//! Entitlements: every feature kind under every access outcome, overrides and grants,
+//! usage periods — in memory on a `ManualClock` — then loaded from and kept current by
+//! the database, with usage counted once however often it is recorded.
+
+use std::sync::Arc;
+
+use chrono::{Duration, TimeZone, Utc};
+use saas_billing::catalog::{Catalog, Feature, Plan, Price};
+use saas_billing::entitlements::{Entitlements, Grant, GrantKind, GrantValue, Reason, SubscriptionState, TenantState};
+use saas_billing::{AccessPolicy, Lapsed, SubscriptionStatus};
+use saas_core::TenantId;
+use saas_core::clock::{Clock, ManualClock};
+
+fn catalog() -> Arc<Catalog> {
+    Arc::new(
+        Catalog::new("eur")
+            .plan(
+                Plan::new("free")
+                    .feature("projects", Feature::Limit(3))
+                    .feature("api_calls", Feature::metered_monthly(1_000))
+                    .feature("support_tier", Feature::tier("email")),
+            )
+            .plan(
+                Plan::new("pro")
+                    .price(Price::monthly("pro_monthly", 2900))
+                    .feature("sso", Feature::On)
+                    .feature("projects", Feature::Limit(50))
+                    .feature("api_calls", Feature::metered_monthly(100_000))
+                    .feature("support_tier", Feature::tier("priority")),
+            )
+            .plan(
+                Plan::new("business")
+                    .price(Price::per_seat_monthly("business_seat", 1500))
+                    .feature("sso", Feature::On)
+                    .feature("projects", Feature::Limit(500))
+                    .feature("api_calls", Feature::metered_monthly(1_000_000))
+                    .feature("support_tier", Feature::tier("dedicated")),
+            )
+            .validate()
+            .unwrap(),
+    )
+}
+
+fn subscribed(status: SubscriptionStatus, since: chrono::DateTime<Utc>, price: &str) -> TenantState {
+    TenantState {
+        subscription: Some(SubscriptionState {
+            status,
+            since,
+            price_lookup_key: Some(price.into()),
+            period_start: Some(since),
+        }),
+        ..TenantState::default()
+    }
+}
+
+fn setup(policy: AccessPolicy) -> (ManualClock, Entitlements) {
+    let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 4, 10, 9, 0, 0).unwrap());
+    let e = Entitlements::new(catalog(), policy, Arc::new(clock.clone()));
+    (clock, e)
+}
+
+#[test]
+fn every_kind_follows_the_plan_the_status_gives() {
+    let (clock, e) = setup(AccessPolicy::new("free").grace_period(Duration::days(7)));
+    let (free, pro) = (TenantId::new(), TenantId::new());
+
+    // Unknown tenants have the free plan.
+    let sso = e.check(free, "sso", 0);
+    assert_eq!((sso.granted, sso.reason), (false, Reason::Plan));
+    let projects = e.check(free, "projects", 1);
+    assert_eq!(
+        (projects.granted, projects.limit, projects.used, projects.remaining),
+        (true, Some(3), 0, Some(3))
+    );
+    assert_eq!(e.tier(free, "support_tier").as_deref(), Some("email"));
+    assert_eq!(e.check(free, "teleport", 1).reason, Reason::UnknownFeature);
+    assert!(!e.check(free, "teleport", 0).granted);
+
+    // Active Pro: its plan; the limit counts what the application reports.
+    e.put(pro, subscribed(SubscriptionStatus::Active, clock.now(), "pro_monthly"));
+    assert_eq!(e.check(pro, "sso", 0).reason, Reason::Plan);
+    assert!(e.check(pro, "sso", 0).granted);
+    e.set_count(pro, "projects", 49);
+    assert!(e.check(pro, "projects", 1).granted);
+    let full = e.check(pro, "projects", 2);
+    assert_eq!(
+        (full.granted, full.limit, full.used, full.remaining),
+        (false, Some(50), 49, Some(1))
+    );
+    assert_eq!(e.tier(pro, "support_tier").as_deref(), Some("priority"));
+    assert_eq!(e.plan(pro), ("pro".into(), false));
+
+    // A failed payment: the plan holds through the grace period, then the free plan.
+    e.put(pro, subscribed(SubscriptionStatus::PastDue, clock.now(), "pro_monthly"));
+    let grace = e.check(pro, "sso", 0);
+    assert_eq!((grace.granted, grace.reason), (true, Reason::GracePeriod));
+    assert_eq!(e.plan(pro), ("pro".into(), true));
+    assert_eq!(
+        e.check(pro, "projects", 0).used,
+        49,
+        "the count survives a recomputation"
+    );
+    clock.advance(Duration::days(7) + Duration::seconds(1));
+    assert_eq!(e.refresh_due(), 1);
+    let lapsed = e.check(pro, "sso", 0);
+    assert_eq!((lapsed.granted, lapsed.reason), (false, Reason::Lapsed));
+    let over = e.check(pro, "projects", 1);
+    assert_eq!((over.granted, over.limit, over.used), (false, Some(3), 49));
+
+    for (status, plan) in [
+        (SubscriptionStatus::Trialing, "pro"),
+        (SubscriptionStatus::Incomplete, "free"),
+        (SubscriptionStatus::Unpaid, "free"),
+        (SubscriptionStatus::Canceled, "free"),
+        (SubscriptionStatus::IncompleteExpired, "free"),
+        (SubscriptionStatus::Paused, "free"),
+    ] {
+        e.put(pro, subscribed(status, clock.now(), "pro_monthly"));
+        assert_eq!(&*e.plan(pro).0, plan, "{status}");
+        assert_eq!(e.check(pro, "sso", 0).granted, plan == "pro", "{status}");
+    }
+}
+
+#[test]
+fn a_read_only_tenant_keeps_its_switches_and_consumes_nothing() {
+    let (clock, e) = setup(AccessPolicy::new("free").lapsed(Lapsed::ReadOnly));
+    let t = TenantId::new();
+    e.put(t, subscribed(SubscriptionStatus::Canceled, clock.now(), "pro_monthly"));
+    assert!(e.check(t, "sso", 0).granted);
+    let create = e.check(t, "projects", 1);
+    assert_eq!(
+        (create.granted, create.reason, create.limit),
+        (false, Reason::Lapsed, Some(50))
+    );
+    assert!(e.check(t, "projects", 0).granted, "reading is still allowed");
+    assert!(!e.check(t, "api_calls", 1).granted);
+}
+
+#[test]
+fn the_most_generous_of_plan_overrides_and_grants_wins_while_they_last() {
+    let (clock, e) = setup(AccessPolicy::new("free"));
+    let t = TenantId::new();
+    let now = clock.now();
+    let grant = |feature: &str, kind, value, start: i64, days: Option<i64>| Grant {
+        feature: feature.into(),
+        kind,
+        value,
+        starts_at: now + Duration::days(start),
+        ends_at: days.map(|d| now + Duration::days(d)),
+    };
+    let mut state = subscribed(SubscriptionStatus::Active, now, "pro_monthly");
+    state.grants = vec![
+        grant("sso", GrantKind::Override, GrantValue::Switch(true), 0, None),
+        grant("projects", GrantKind::Grant, GrantValue::Amount(100), 0, Some(3)),
+        grant("projects", GrantKind::Grant, GrantValue::Amount(10), 0, Some(30)),
+        grant(
+            "support_tier",
+            GrantKind::Grant,
+            GrantValue::Tier("dedicated".into()),
+            2,
+            Some(5),
+        ),
+        grant("api_calls", GrantKind::Override, GrantValue::Amount(1), 0, None),
+    ];
+    e.put(t, state);
+    // The plan already has sso: an equal override does not take the credit.
+    assert_eq!(e.check(t, "sso", 0).reason, Reason::Plan);
+    let projects = e.check(t, "projects", 1);
+    assert_eq!((projects.limit, projects.reason), (Some(100), Reason::Grant));
+    assert_eq!(
+        e.check(t, "api_calls", 1).limit,
+        Some(100_000),
+        "a smaller override loses"
+    );
+    assert_eq!(
+        e.tier(t, "support_tier").as_deref(),
+        Some("priority"),
+        "not started yet"
+    );
+
+    clock.advance(Duration::days(2));
+    assert_eq!(e.refresh_due(), 1);
+    assert_eq!(e.tier(t, "support_tier").as_deref(), Some("dedicated"));
+    clock.advance(Duration::days(1));
+    e.refresh_due();
+    let after = e.check(t, "projects", 1);
+    assert_eq!((after.limit, after.reason), (Some(50), Reason::Plan), "the grant ended");
+    clock.advance(Duration::days(2));
+    e.refresh_due();
+    assert_eq!(e.tier(t, "support_tier").as_deref(), Some("priority"));
+
+    // An override lifts a free tenant above its plan.
+    let free = TenantId::new();
+    e.put(
+        free,
+        TenantState {
+            grants: vec![grant("sso", GrantKind::Override, GrantValue::Switch(true), 0, None)],
+            ..TenantState::default()
+        },
+    );
+    let sso = e.check(free, "sso", 0);
+    assert_eq!((sso.granted, sso.reason), (true, Reason::Override));
+}
+
+#[test]
+fn metered_usage_counts_per_period_and_resets_at_the_billing_anchor() {
+    let (clock, e) = setup(AccessPolicy::new("free"));
+    let t = TenantId::new();
+    // Subscribed on the 10th: periods run from the 10th to the 10th.
+    let anchor = clock.now();
+    let mut state = subscribed(SubscriptionStatus::Active, anchor, "pro_monthly");
+    state.usage = vec![
+        ("api_calls".into(), anchor, 99_990),
+        ("api_calls".into(), anchor - Duration::days(31), 5),
+    ];
+    e.put(t, state);
+    let d = e.check(t, "api_calls", 10);
+    assert_eq!((d.granted, d.used, d.remaining), (true, 99_990, Some(10)));
+    assert!(!e.check(t, "api_calls", 11).granted);
+    clock.advance(Duration::days(29));
+    assert_eq!(e.refresh_due(), 0, "still the same period");
+    clock.advance(Duration::days(1));
+    assert_eq!(e.refresh_due(), 1, "the period turned on the 10th");
+    assert_eq!(e.check(t, "api_calls", 1).used, 0);
+    assert_eq!(e.cheapest_plan_granting("api_calls", 150_000, 1), Some("business"));
+    assert_eq!(e.cheapest_plan_granting("sso", 0, 0), Some("pro"));
+    assert_eq!(e.cheapest_plan_granting("teleport", 0, 0), None);
+}
+
+/// Polls `f` until it holds (a notification is asynchronous), up to 10 s.
+async fn eventually(mut f: impl FnMut() -> bool) -> bool {
+    for _ in 0..400 {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn loaded_from_the_database_and_kept_current_in_every_process() {
+    use saas_billing::catalog::Interval;
+    use saas_billing::simulator::Simulator;
+    use saas_billing::sync::sync_subscription;
+    use saas_tenancy::PlatformPool;
+
+    let db = crate::db().await;
+    let platform = PlatformPool::new(db.platform().clone());
+    let clock = ManualClock::new(Utc::now());
+    let sim = Simulator::new(clock.clone());
+    let (a, b) = (TenantId::new(), TenantId::new());
+    // A is subscribed before the sets load; B after.
+    let ca = sim.add_customer(a);
+    sim.set_payment_method(&ca, true).unwrap();
+    let sa = sim.subscribe(&ca, "pro_monthly", Interval::Month, 0).unwrap();
+    sync_subscription(&platform, &sim, &sa, "test").await.unwrap();
+
+    let load = || Entitlements::load(&platform, catalog(), AccessPolicy::new("free"), Arc::new(clock.clone()));
+    // Two processes' sets.
+    let (one, two) = (load().await.unwrap(), load().await.unwrap());
+    let _listeners = (one.listen(platform.clone()), two.listen(platform.clone()));
+    assert!(one.check(a, "sso", 0).granted);
+    assert!(!one.check(b, "sso", 0).granted);
+
+    let cb = sim.add_customer(b);
+    sim.set_payment_method(&cb, true).unwrap();
+    let sb = sim.subscribe(&cb, "pro_monthly", Interval::Month, 0).unwrap();
+    sync_subscription(&platform, &sim, &sb, "test").await.unwrap();
+    assert!(eventually(|| one.check(b, "sso", 0).granted && two.check(b, "sso", 0).granted).await);
+
+    // A staff override (a platform write) reaches both.
+    sqlx::query(
+        "INSERT INTO saas.billing_entitlement_grants (tenant_id, feature, kind, amount, reason, starts_at) \
+         VALUES ($1, 'projects', 'override', 75, 'migration from the old plan', $2)",
+    )
+    .bind(a)
+    .bind(clock.now() - Duration::minutes(1))
+    .execute(db.platform())
+    .await
+    .unwrap();
+    assert!(eventually(|| two.check(a, "projects", 0).limit == Some(75)).await);
+    assert_eq!(one.check(a, "projects", 0).reason, Reason::Override);
+
+    // Usage recorded by one process (the application role), 16 times concurrently with
+    // 4 distinct event ids: counted 4 times, seen by both.
+    let app = db.app().clone();
+    let recorders = (0..16).map(|i| {
+        let (one, app) = (Arc::clone(&one), app.clone());
+        async move {
+            one.record_usage(&app, a, "api_calls", &format!("req-{}", i % 4), 250)
+                .await
+                .unwrap()
+        }
+    });
+    let results = futures_util::future::join_all(recorders).await;
+    assert_eq!(results.iter().filter(|(counted, _)| *counted).count(), 4);
+    assert_eq!(one.check(a, "api_calls", 0).used, 1_000);
+    assert!(eventually(|| two.check(a, "api_calls", 0).used == 1_000).await);
+    let stored: i64 = sqlx::query_scalar("SELECT used FROM saas.billing_usage WHERE tenant_id = $1")
+        .bind(a)
+        .fetch_one(db.platform())
+        .await
+        .unwrap();
+    assert_eq!(stored, 1_000);
+    assert!(matches!(
+        one.record_usage(&app, a, "projects", "p1", 1).await,
+        Err(saas_billing::entitlements::EntitlementsError::NotMetered(_))
+    ));
+}
