@@ -23,9 +23,13 @@
 //! usage notify every process, which reloads that tenant (or sets that counter); a timer
 //! reloads tenants whose grant or grace period ended or whose usage period turned.
 
+mod layer;
 mod load;
 mod set;
 
+pub use layer::{
+    EntitlementsLayer, EntitlementsService, RequireEntitlement, RequireEntitlementService, TenantSnapshot,
+};
 pub use load::{
     CHANNEL, EntitlementsError, Grant, GrantKind, GrantValue, SubscriptionState, TenantState, record_usage,
 };

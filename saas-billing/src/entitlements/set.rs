@@ -209,6 +209,8 @@ pub struct Entitlements {
     pub(super) states: Mutex<HashMap<TenantId, TenantState>>,
     pub(super) lifeline: saas_core::notify::Lifeline,
     pub(super) clock: Arc<dyn Clock>,
+    /// Serialises the writers' load-modify-store of the set (readers never take it).
+    write: Mutex<()>,
 }
 
 impl std::fmt::Debug for Entitlements {
@@ -254,6 +256,7 @@ impl Entitlements {
             states: Mutex::new(HashMap::new()),
             lifeline: saas_core::notify::Lifeline::new(),
             clock,
+            write: Mutex::new(()),
         };
         let default = Arc::new(e.compute(&TenantState::default(), now, None));
         e.set = ArcSwap::from_pointee(Set {
@@ -275,6 +278,25 @@ impl Entitlements {
             Some(f) => self.with_tenant(tenant, |t| decide(t, f, amount)),
             None => Decision::UNKNOWN,
         }
+    }
+
+    /// `tenant`'s current entry (for a request's snapshot).
+    pub(super) fn entry(&self, tenant: TenantId) -> Arc<TenantEntitlements> {
+        let set = self.set.load();
+        Arc::clone(set.tenants.get(&tenant).unwrap_or(&set.default))
+    }
+
+    /// [`check`](Self::check) on a snapshot's entry.
+    pub(super) fn check_entry(&self, entry: &TenantEntitlements, feature: &str, amount: u64) -> Decision {
+        match self.index.id(feature) {
+            Some(f) => decide(entry, f, amount),
+            None => Decision::UNKNOWN,
+        }
+    }
+
+    /// [`plan`](Self::plan) on a snapshot's entry.
+    pub(super) fn entry_plan(&self, entry: &TenantEntitlements) -> (Arc<str>, bool) {
+        (Arc::clone(&entry.plan), entry.payment_problem)
     }
 
     /// The value of the tier feature `feature` for `tenant` (`None`: none, or not a tier).
@@ -315,30 +337,61 @@ impl Entitlements {
     /// a handle on the in-memory counter.
     pub(super) fn usage_slot(&self, tenant: TenantId, feature: &str) -> Option<(DateTime<Utc>, Arc<AtomicU64>)> {
         let f = self.index.id(feature)?;
-        self.with_tenant(tenant, |t| {
-            let slot = t.slots.get(f)?;
-            Some((
-                Utc.timestamp_opt(slot.period_start, 0).single()?,
-                Arc::clone(&slot.used),
-            ))
-        })
+        let entry = self.own_entry(tenant);
+        let slot = entry.slots.get(f)?;
+        Some((
+            Utc.timestamp_opt(slot.period_start, 0).single()?,
+            Arc::clone(&slot.used),
+        ))
+    }
+
+    /// `tenant`'s own entry, created (from no inputs) if it has none: counters are written
+    /// only through a tenant's own entry.
+    fn own_entry(&self, tenant: TenantId) -> Arc<TenantEntitlements> {
+        if let Some(t) = self.set.load().tenants.get(&tenant) {
+            return Arc::clone(t);
+        }
+        let _writer = self.write.lock().unwrap_or_else(PoisonError::into_inner);
+        // Another writer may have added it meanwhile (with real inputs): keep that one.
+        let current = self.set.load_full();
+        if let Some(t) = current.tenants.get(&tenant) {
+            return Arc::clone(t);
+        }
+        let state = self
+            .states
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(tenant)
+            .or_default()
+            .clone();
+        let entry = Arc::new(self.compute(&state, self.clock.now(), None));
+        let mut tenants = current.tenants.clone();
+        tenants.insert(tenant, Arc::clone(&entry));
+        self.set.store(Arc::new(Set {
+            tenants,
+            default: Arc::clone(&current.default),
+        }));
+        self.version.fetch_add(1, Ordering::Release);
+        entry
     }
 
     /// Sets the in-memory usage of `feature` for `tenant` in the period starting at
     /// `period_start` to at least `used` (a counted usage, from this or another process).
     pub(super) fn observe_usage(&self, tenant: TenantId, feature: &str, period_start: DateTime<Utc>, used: u64) {
-        if let Some(f) = self.index.id(feature) {
-            self.with_tenant(tenant, |t| {
-                if let Some(slot) = t.slots.get(f)
-                    && slot.period_start == period_start.timestamp()
-                {
-                    slot.used.fetch_max(used, Ordering::AcqRel);
-                }
-            });
+        {
+            let mut states = self.states.lock().unwrap_or_else(PoisonError::into_inner);
+            states
+                .entry(tenant)
+                .or_default()
+                .note_usage(feature, period_start, used);
         }
-        let mut states = self.states.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(state) = states.get_mut(&tenant) {
-            state.note_usage(feature, period_start, used);
+        if let Some(f) = self.index.id(feature) {
+            let entry = self.own_entry(tenant);
+            if let Some(slot) = entry.slots.get(f)
+                && slot.period_start == period_start.timestamp()
+            {
+                slot.used.fetch_max(used, Ordering::AcqRel);
+            }
         }
     }
 
@@ -357,22 +410,18 @@ impl Entitlements {
         if self.index.kinds[f] != Kind::Limit {
             return;
         }
-        let known = self.set.load().tenants.contains_key(&tenant);
-        if !known {
-            // A tenant on the default entitlements gets its own entry to hold the count.
-            self.put(tenant, TenantState::default());
+        if let Some(slot) = self.own_entry(tenant).slots.get(f) {
+            slot.used.store(count, Ordering::Release);
         }
-        self.with_tenant(tenant, |t| {
-            if let Some(slot) = t.slots.get(f) {
-                slot.used.store(count, Ordering::Release);
-            }
-        });
     }
 
     /// Replaces `tenant`'s inputs and recomputes its entitlements.
     pub fn put(&self, tenant: TenantId, state: TenantState) {
+        let _writer = self.write.lock().unwrap_or_else(PoisonError::into_inner);
         let now = self.clock.now();
-        let previous = self.with_tenant(tenant, |t| (!t.slots.is_empty()).then(|| counters(t)));
+        // Only the tenant's own counters carry over: never the default entry's, which every
+        // unknown tenant reads.
+        let previous = self.set.load().tenants.get(&tenant).map(|t| counters(t));
         let computed = Arc::new(self.compute(&state, now, previous.as_deref()));
         self.states
             .lock()
@@ -390,6 +439,7 @@ impl Entitlements {
 
     /// Replaces every tenant at once (a full load).
     pub(super) fn replace_all(&self, mut states: HashMap<TenantId, TenantState>) {
+        let _writer = self.write.lock().unwrap_or_else(PoisonError::into_inner);
         let now = self.clock.now();
         let previous = self.set.load_full();
         // Tenants known only for their limit counts stay known.
