@@ -1,7 +1,7 @@
 //! Billing: what a tenant pays for is written only by billing processing. Tenant A reads
 //! its own subscription and nothing of B's, cannot change its own plan or status, cannot
-//! read or forge webhook events, cannot have billing cancel B's subscription, and purging A
-//! removes A's billing rows only.
+//! read or forge webhook events, cannot have billing cancel B's subscription, cannot grant
+//! itself entitlements or erase its usage, and purging A removes A's billing rows only.
 
 use std::sync::Arc;
 
@@ -192,4 +192,82 @@ async fn attack_63_a_tenant_cannot_have_billing_cancel_another_tenants_subscript
     use saas_billing::provider::BillingProvider;
     let at_provider = sim.subscription(&b_sub).await.unwrap().unwrap();
     assert_eq!(at_provider.status.as_str(), "active", "B still pays");
+}
+
+#[tokio::test]
+async fn attack_64_a_tenant_cannot_grant_itself_entitlements_or_erase_its_usage() {
+    let f = Fixture::new().await;
+    let platform_pool = f.db.platform().clone();
+    for t in [f.a, f.b] {
+        sqlx::query(
+            "INSERT INTO saas.billing_entitlement_grants (tenant_id, feature, kind, amount, reason) \
+             VALUES ($1, 'projects', 'override', 10, 'staff')",
+        )
+        .bind(t)
+        .execute(&platform_pool)
+        .await
+        .unwrap();
+    }
+    let mut tx = TenantTx::begin(f.db.app(), f.b).await.unwrap();
+    sqlx::query(
+        "INSERT INTO saas.billing_usage_events (tenant_id, event_id, feature, amount, period_start) \
+         VALUES (saas.current_tenant_id(), 'b-1', 'api_calls', 900, '2026-01-01')",
+    )
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+
+    let mut tx = TenantTx::begin(f.db.app(), f.a).await.unwrap();
+    // Its own usage, once counted, cannot be changed or removed; counters are not its to write.
+    sqlx::query(
+        "INSERT INTO saas.billing_usage_events (tenant_id, event_id, feature, amount, period_start) \
+         VALUES (saas.current_tenant_id(), 'a-1', 'api_calls', 500, '2026-01-01')",
+    )
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    for sql in [
+        "UPDATE saas.billing_usage_events SET amount = 1",
+        "DELETE FROM saas.billing_usage_events",
+        "UPDATE saas.billing_usage SET used = 0",
+        "DELETE FROM saas.billing_usage",
+        "INSERT INTO saas.billing_usage (tenant_id, feature, period_start, used) \
+         VALUES (saas.current_tenant_id(), 'api_calls', '2026-02-01', 0)",
+        "INSERT INTO saas.billing_entitlement_grants (tenant_id, feature, kind, switch, reason) \
+         VALUES (saas.current_tenant_id(), 'sso', 'override', true, 'self-service')",
+        "UPDATE saas.billing_entitlement_grants SET amount = 1000000",
+        "DELETE FROM saas.billing_entitlement_grants",
+    ] {
+        refused(&mut tx, sql).await;
+    }
+    // Usage for B is refused by the policy; B's rows are invisible.
+    sqlx::query("SAVEPOINT s").execute(&mut *tx).await.unwrap();
+    let err = sqlx::query(
+        "INSERT INTO saas.billing_usage_events (tenant_id, event_id, feature, amount, period_start) \
+         VALUES ($1, 'b-forged', 'api_calls', 99999, '2026-01-01')",
+    )
+    .bind(f.b)
+    .execute(&mut *tx)
+    .await
+    .unwrap_err();
+    assert_eq!(code(&err), "42501", "{err}");
+    sqlx::query("ROLLBACK TO SAVEPOINT s").execute(&mut *tx).await.unwrap();
+    for sql in [
+        "SELECT count(*) FROM saas.billing_usage WHERE tenant_id <> saas.current_tenant_id()",
+        "SELECT count(*) FROM saas.billing_usage_events WHERE tenant_id <> saas.current_tenant_id()",
+        "SELECT count(*) FROM saas.billing_entitlement_grants WHERE tenant_id <> saas.current_tenant_id()",
+    ] {
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        assert_eq!(n, 0, "{sql}");
+    }
+    tx.commit().await.unwrap();
+    let used: Vec<(uuid::Uuid, i64)> = sqlx::query_as("SELECT tenant_id, used FROM saas.billing_usage ORDER BY used")
+        .fetch_all(&platform_pool)
+        .await
+        .unwrap();
+    assert_eq!(used, vec![(*f.a.as_uuid(), 500), (*f.b.as_uuid(), 900)]);
 }
