@@ -10,14 +10,13 @@ use http::{Request, Response, StatusCode};
 use saas_core::{Problem, TenantId};
 use tower::{Layer, Service};
 
-use super::set::{Decision, Entitlements, Reason, TenantEntitlements};
+use super::set::{Decision, Entitlements, Reason};
 
-/// One tenant's entitlements as they stood when the request began (usage stays live).
+/// The request tenant's entitlements (live: a change made during the request shows).
 #[derive(Clone)]
 pub struct TenantSnapshot {
     set: Arc<Entitlements>,
     tenant: TenantId,
-    entry: Arc<TenantEntitlements>,
 }
 
 impl std::fmt::Debug for TenantSnapshot {
@@ -36,12 +35,12 @@ impl TenantSnapshot {
 
     /// [`Entitlements::check`] on this snapshot.
     pub fn check(&self, feature: &str, amount: u64) -> Decision {
-        self.set.check_entry(&self.entry, feature, amount)
+        self.set.check(self.tenant, feature, amount)
     }
 
     /// The plan whose features apply, and whether there is a payment problem.
     pub fn plan(&self) -> (Arc<str>, bool) {
-        self.set.entry_plan(&self.entry)
+        self.set.plan(self.tenant)
     }
 
     /// The 402 problem for `decision` on `feature` (`amount` asked): names the feature,
@@ -125,7 +124,6 @@ where
             let snapshot = TenantSnapshot {
                 set: Arc::clone(&self.set),
                 tenant,
-                entry: self.set.entry(tenant),
             };
             req.extensions_mut().insert(snapshot);
         }

@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -314,17 +313,28 @@ impl Entitlements {
         event_id: &str,
         amount: u64,
     ) -> Result<(bool, u64), EntitlementsError> {
-        let (period_start, counter) = self
-            .usage_slot(tenant, feature)
-            .ok_or_else(|| EntitlementsError::UnknownFeature(feature.to_owned()))?;
         if !self.is_metered(feature) {
-            return Err(EntitlementsError::NotMetered(feature.to_owned()));
+            return Err(
+                if self
+                    .catalog()
+                    .plans()
+                    .iter()
+                    .any(|p| p.feature_value(feature).is_some())
+                {
+                    EntitlementsError::NotMetered(feature.to_owned())
+                } else {
+                    EntitlementsError::UnknownFeature(feature.to_owned())
+                },
+            );
         }
+        let period_start = self
+            .usage_period(tenant, feature)
+            .ok_or_else(|| EntitlementsError::UnknownFeature(feature.to_owned()))?;
         let mut tx = TenantTx::begin(app, tenant).await?;
         let (counted, total) = record_usage(&mut tx, feature, event_id, amount, period_start).await?;
         tx.commit().await?;
         if counted {
-            counter.fetch_max(total, Ordering::AcqRel);
+            self.observe_usage(tenant, feature, period_start, total);
         }
         Ok((counted, total))
     }

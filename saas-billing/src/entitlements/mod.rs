@@ -33,4 +33,4 @@ pub use layer::{
 pub use load::{
     CHANNEL, EntitlementsError, Grant, GrantKind, GrantValue, SubscriptionState, TenantState, record_usage,
 };
-pub use set::{Decision, Entitlements, Reason};
+pub use set::{Decision, Entitlements, FeatureKey, Reason};

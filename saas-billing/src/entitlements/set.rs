@@ -3,7 +3,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
@@ -58,6 +58,10 @@ impl Decision {
     };
 }
 
+/// A feature resolved by [`Entitlements::feature`], valid for that set only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeatureKey(u32);
+
 /// What kind of value a feature has (from the catalog's first plan that names it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Kind {
@@ -70,7 +74,7 @@ enum Kind {
 /// The catalog's features, numbered.
 #[derive(Debug)]
 struct FeatureIndex {
-    ids: HashMap<Box<str>, u16, BuildHasherDefault<Fnv>>,
+    ids: HashMap<Box<str>, u16, BuildHasherDefault<NameHash>>,
     names: Vec<Box<str>>,
     kinds: Vec<Kind>,
 }
@@ -116,19 +120,32 @@ impl FeatureIndex {
     }
 }
 
-/// FNV-1a: feature names are short and trusted (they come from the code).
+/// A hash for feature names: short, trusted (they come from the code), looked up on
+/// every check. Two unaligned 8-byte reads (the first and the last eight bytes), the
+/// length, one multiply: a few cycles where FNV needs one round per byte.
 #[derive(Default)]
-struct Fnv(u64);
+struct NameHash(u64);
 
-impl Hasher for Fnv {
+impl Hasher for NameHash {
     #[inline]
     fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
-        for b in bytes {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        self.0 = h;
+        let word = |b: &[u8]| {
+            let mut w = [0u8; 8];
+            w[..b.len()].copy_from_slice(b);
+            u64::from_le_bytes(w)
+        };
+        let n = bytes.len();
+        let (head, tail) = if n >= 8 {
+            (word(&bytes[..8]), word(&bytes[n - 8..]))
+        } else {
+            (word(bytes), 0)
+        };
+        let h = (head ^ tail.rotate_left(29) ^ (n as u64) ^ self.0).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.0 = h ^ (h >> 32);
+    }
+    #[inline]
+    fn write_u8(&mut self, _: u8) {
+        // `str`'s terminator: the length is already in.
     }
     #[inline]
     fn finish(&self) -> u64 {
@@ -136,64 +153,135 @@ impl Hasher for Fnv {
     }
 }
 
-/// Tenant ids are random in their low bits (UUIDv7 and v4 alike): they are their own hash.
-#[derive(Default)]
-struct IdHash(u64);
-
-impl Hasher for IdHash {
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        // A `Uuid` hashes as its 16 bytes (after a length prefix for slices): keep the last 8.
-        if let Some(tail) = bytes.len().checked_sub(8).and_then(|s| bytes.get(s..)) {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(tail);
-            self.0 ^= u64::from_le_bytes(b);
-        }
-    }
-    #[inline]
-    fn write_u64(&mut self, n: u64) {
-        self.0 ^= n;
-    }
-    #[inline]
-    fn write_usize(&mut self, n: usize) {
-        self.0 ^= n as u64;
-    }
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-/// One feature's value for one tenant.
-#[derive(Debug)]
+/// One feature's value for one tenant, updated in place (a tenant's row never moves).
+#[derive(Debug, Default)]
 struct Slot {
-    /// A switch: 0 or 1; a limit or allowance: the amount; a tier: its rank + 1 (0: none).
-    value: u64,
-    reason: Reason,
-    /// Usage (this period's, for a metered feature); shared by every copy of the set.
-    used: Arc<AtomicU64>,
-    /// The period this usage counts for (metered features), seconds since the epoch.
-    period_start: i64,
-    /// A limit or an allowance (usage counts), not a switch or a tier.
-    counted: bool,
+    /// The value (bits 0–55: a switch's 0 or 1, an amount, a tier's rank + 1), the reason
+    /// (56–59), whether usage counts (60), whether the tenant is read-only (61).
+    cell: AtomicU64,
+    /// Usage (this period's, for a metered feature).
+    used: AtomicU64,
+    /// The period the usage counts for (metered features), seconds since the epoch.
+    period_start: AtomicI64,
 }
 
-/// One tenant's entitlements at the time they were computed.
-#[derive(Debug)]
-pub(super) struct TenantEntitlements {
-    slots: Box<[Slot]>,
-    read_only: bool,
+const VALUE_MASK: u64 = (1 << 56) - 1;
+const COUNTED: u64 = 1 << 60;
+const READ_ONLY: u64 = 1 << 61;
+
+fn pack(value: u64, reason: Reason, counted: bool, read_only: bool) -> u64 {
+    let r = match reason {
+        Reason::Plan => 0u64,
+        Reason::Override => 1,
+        Reason::Grant => 2,
+        Reason::GracePeriod => 3,
+        Reason::Lapsed => 4,
+        Reason::UnknownFeature => 5,
+    };
+    value.min(VALUE_MASK) | (r << 56) | if counted { COUNTED } else { 0 } | if read_only { READ_ONLY } else { 0 }
+}
+
+#[inline]
+fn reason_of(cell: u64) -> Reason {
+    match (cell >> 56) & 0xf {
+        0 => Reason::Plan,
+        1 => Reason::Override,
+        2 => Reason::Grant,
+        3 => Reason::GracePeriod,
+        4 => Reason::Lapsed,
+        _ => Reason::UnknownFeature,
+    }
+}
+
+/// Rows per chunk of the row arena.
+const CHUNK_ROWS: usize = 256;
+
+/// Tenant → row: open addressing on the id's random low bits, linear probing, at most
+/// half full. Row 0 is every unknown tenant's (the free plan, never written after start).
+#[derive(Debug, Clone)]
+struct Table {
+    mask: usize,
+    entries: Box<[(u128, u32)]>,
+}
+
+impl Table {
+    fn with_capacity(n: usize) -> Self {
+        let size = (n.max(8) * 2).next_power_of_two();
+        Table {
+            mask: size - 1,
+            entries: vec![(0u128, 0u32); size].into_boxed_slice(),
+        }
+    }
+
+    #[inline]
+    fn start(&self, key: u128) -> usize {
+        // Truncation intended: the low 64 bits of a UUIDv7 or v4 are random.
+        (key as u64 as usize) & self.mask
+    }
+
+    #[inline]
+    fn get(&self, key: u128) -> u32 {
+        let mut i = self.start(key);
+        loop {
+            let (k, row) = self.entries[i];
+            if k == key {
+                return row;
+            }
+            if k == 0 {
+                return 0;
+            }
+            i = (i + 1) & self.mask;
+        }
+    }
+
+    fn insert(&mut self, key: u128, row: u32) {
+        let mut i = self.start(key);
+        while self.entries[i].0 != 0 && self.entries[i].0 != key {
+            i = (i + 1) & self.mask;
+        }
+        self.entries[i] = (key, row);
+    }
+
+    fn len(&self) -> usize {
+        self.entries.iter().filter(|e| e.0 != 0).count()
+    }
+}
+
+/// What readers see: the table and the row arena's chunks (replaced only when tenants
+/// are added; values change in place).
+struct Snapshot {
+    table: Table,
+    chunks: Box<[Arc<[Slot]>]>,
+    width: usize,
+}
+
+impl Snapshot {
+    #[inline]
+    fn slot(&self, row: u32, f: usize) -> Option<&Slot> {
+        let row = row as usize;
+        self.chunks
+            .get(row / CHUNK_ROWS)?
+            .get((row % CHUNK_ROWS) * self.width + f)
+    }
+}
+
+/// A row's slow-path data.
+#[derive(Debug, Clone)]
+struct Meta {
+    tenant: Option<TenantId>,
     plan: Arc<str>,
     payment_problem: bool,
-    /// When this must be computed again (a grant ends or starts, the grace period ends, a
-    /// usage period turns).
-    pub(super) valid_until: Option<DateTime<Utc>>,
+    /// When the row must be computed again (a grant ends or starts, the grace period
+    /// ends, a usage period turns).
+    valid_until: Option<DateTime<Utc>>,
 }
 
-struct Set {
-    tenants: HashMap<TenantId, Arc<TenantEntitlements>, BuildHasherDefault<IdHash>>,
-    /// A tenant with no subscription, grant or usage: the free plan.
-    default: Arc<TenantEntitlements>,
+/// A row's values computed from its inputs.
+struct Computed {
+    cells: Vec<u64>,
+    periods: Vec<i64>,
+    used: Vec<u64>,
+    meta: Meta,
 }
 
 /// Every tenant's entitlements, in memory. Share it (`Arc`) between the request path, the
@@ -202,14 +290,16 @@ pub struct Entitlements {
     index: FeatureIndex,
     catalog: Arc<Catalog>,
     policy: AccessPolicy,
-    set: ArcSwap<Set>,
+    snapshot: ArcSwap<Snapshot>,
     version: AtomicU64,
     id: u64,
+    /// Per row: tenant, plan, payment problem, when to recompute.
+    meta: Mutex<Vec<Meta>>,
     /// The inputs of each tenant's entitlements, to recompute them when time passes.
     pub(super) states: Mutex<HashMap<TenantId, TenantState>>,
     pub(super) lifeline: saas_core::notify::Lifeline,
     pub(super) clock: Arc<dyn Clock>,
-    /// Serialises the writers' load-modify-store of the set (readers never take it).
+    /// Serialises writers (readers never take it).
     write: Mutex<()>,
 }
 
@@ -217,52 +307,52 @@ impl std::fmt::Debug for Entitlements {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Entitlements")
             .field("features", &self.index.names)
-            .field("tenants", &self.set.load().tenants.len())
+            .field("tenants", &self.snapshot.load().table.len())
             .finish_non_exhaustive()
     }
 }
 
 thread_local! {
-    /// This thread's copy of the newest set it saw: (entitlements id, version, set).
+    /// This thread's copy of the newest snapshot it saw: (entitlements id, version, snapshot).
     static CURRENT: CurrentCell = const { RefCell::new(None) };
 }
 
-type CurrentCell = RefCell<Option<(u64, u64, Arc<Set>)>>;
+type CurrentCell = RefCell<Option<(u64, u64, Arc<Snapshot>)>>;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 impl Entitlements {
     /// Entitlements for `catalog` under `policy`, with no tenant known yet: every tenant
     /// has the free plan until [`put`](Self::put) or [`load`](Self::load) says otherwise.
     pub fn new(catalog: Arc<Catalog>, policy: AccessPolicy, clock: Arc<dyn Clock>) -> Self {
-        let now = clock.now();
         let index = FeatureIndex::new(&catalog);
-        let mut e = Entitlements {
+        let width = index.names.len().max(1);
+        let chunk: Arc<[Slot]> = (0..CHUNK_ROWS * width).map(|_| Slot::default()).collect();
+        let e = Entitlements {
             index,
             catalog,
             policy,
-            set: ArcSwap::from_pointee(Set {
-                tenants: HashMap::default(),
-                default: Arc::new(TenantEntitlements {
-                    slots: Box::new([]),
-                    read_only: false,
-                    plan: "".into(),
-                    payment_problem: false,
-                    valid_until: None,
-                }),
+            snapshot: ArcSwap::from_pointee(Snapshot {
+                table: Table::with_capacity(8),
+                chunks: Box::new([chunk]),
+                width,
             }),
             version: AtomicU64::new(0),
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            meta: Mutex::new(Vec::new()),
             states: Mutex::new(HashMap::new()),
             lifeline: saas_core::notify::Lifeline::new(),
             clock,
             write: Mutex::new(()),
         };
-        let default = Arc::new(e.compute(&TenantState::default(), now, None));
-        e.set = ArcSwap::from_pointee(Set {
-            tenants: HashMap::default(),
-            default,
-        });
+        // Row 0: the default.
+        let computed = e.compute(&TenantState::default(), e.clock.now());
+        e.write_row(&e.snapshot.load(), 0, &computed, true);
+        lock(&e.meta).push(computed.meta);
         e
     }
 
@@ -275,28 +365,21 @@ impl Entitlements {
     #[inline]
     pub fn check(&self, tenant: TenantId, feature: &str, amount: u64) -> Decision {
         match self.index.id(feature) {
-            Some(f) => self.with_tenant(tenant, |t| decide(t, f, amount)),
+            Some(f) => self.with_slot(tenant, f, |slot| decide(slot, amount)),
             None => Decision::UNKNOWN,
         }
     }
 
-    /// `tenant`'s current entry (for a request's snapshot).
-    pub(super) fn entry(&self, tenant: TenantId) -> Arc<TenantEntitlements> {
-        let set = self.set.load();
-        Arc::clone(set.tenants.get(&tenant).unwrap_or(&set.default))
+    /// `feature` resolved once, for [`check_key`](Self::check_key) on a hot path (the
+    /// name lookup is most of a check's cost); `None` if no plan has it.
+    pub fn feature(&self, feature: &str) -> Option<FeatureKey> {
+        self.index.id(feature).map(|f| FeatureKey(f as u32))
     }
 
-    /// [`check`](Self::check) on a snapshot's entry.
-    pub(super) fn check_entry(&self, entry: &TenantEntitlements, feature: &str, amount: u64) -> Decision {
-        match self.index.id(feature) {
-            Some(f) => decide(entry, f, amount),
-            None => Decision::UNKNOWN,
-        }
-    }
-
-    /// [`plan`](Self::plan) on a snapshot's entry.
-    pub(super) fn entry_plan(&self, entry: &TenantEntitlements) -> (Arc<str>, bool) {
-        (Arc::clone(&entry.plan), entry.payment_problem)
+    /// [`check`](Self::check) with a resolved feature.
+    #[inline]
+    pub fn check_key(&self, tenant: TenantId, feature: FeatureKey, amount: u64) -> Decision {
+        self.with_slot(tenant, feature.0 as usize, |slot| decide(slot, amount))
     }
 
     /// The value of the tier feature `feature` for `tenant` (`None`: none, or not a tier).
@@ -305,7 +388,9 @@ impl Entitlements {
         let Kind::Tier(ranks) = &self.index.kinds[f] else {
             return None;
         };
-        let rank = self.with_tenant(tenant, |t| t.slots.get(f).map_or(0, |s| s.value));
+        let rank = self.with_slot(tenant, f, |s| {
+            s.map_or(0, |s| s.cell.load(Ordering::Acquire) & VALUE_MASK)
+        });
         usize::try_from(rank)
             .ok()?
             .checked_sub(1)
@@ -315,7 +400,12 @@ impl Entitlements {
 
     /// The plan whose features `tenant` has now, and whether it has a payment problem.
     pub fn plan(&self, tenant: TenantId) -> (Arc<str>, bool) {
-        self.with_tenant(tenant, |t| (Arc::clone(&t.plan), t.payment_problem))
+        let row = self.snapshot.load().table.get(key(tenant)) as usize;
+        let meta = lock(&self.meta);
+        meta.get(row).or_else(|| meta.first()).map_or_else(
+            || (Arc::from(self.policy.free_plan()), false),
+            |m| (Arc::clone(&m.plan), m.payment_problem),
+        )
     }
 
     /// The cheapest plan (the catalog's order) that would grant `amount` more of
@@ -333,62 +423,27 @@ impl Entitlements {
         })
     }
 
-    /// The start of `tenant`'s current usage period for `feature` (a metered feature), and
-    /// a handle on the in-memory counter.
-    pub(super) fn usage_slot(&self, tenant: TenantId, feature: &str) -> Option<(DateTime<Utc>, Arc<AtomicU64>)> {
+    /// The start of `tenant`'s current usage period for the metered `feature` (giving the
+    /// tenant its own row if it had none).
+    pub(super) fn usage_period(&self, tenant: TenantId, feature: &str) -> Option<DateTime<Utc>> {
         let f = self.index.id(feature)?;
-        let entry = self.own_entry(tenant);
-        let slot = entry.slots.get(f)?;
-        Some((
-            Utc.timestamp_opt(slot.period_start, 0).single()?,
-            Arc::clone(&slot.used),
-        ))
-    }
-
-    /// `tenant`'s own entry, created (from no inputs) if it has none: counters are written
-    /// only through a tenant's own entry.
-    fn own_entry(&self, tenant: TenantId) -> Arc<TenantEntitlements> {
-        if let Some(t) = self.set.load().tenants.get(&tenant) {
-            return Arc::clone(t);
-        }
-        let _writer = self.write.lock().unwrap_or_else(PoisonError::into_inner);
-        // Another writer may have added it meanwhile (with real inputs): keep that one.
-        let current = self.set.load_full();
-        if let Some(t) = current.tenants.get(&tenant) {
-            return Arc::clone(t);
-        }
-        let state = self
-            .states
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(tenant)
-            .or_default()
-            .clone();
-        let entry = Arc::new(self.compute(&state, self.clock.now(), None));
-        let mut tenants = current.tenants.clone();
-        tenants.insert(tenant, Arc::clone(&entry));
-        self.set.store(Arc::new(Set {
-            tenants,
-            default: Arc::clone(&current.default),
-        }));
-        self.version.fetch_add(1, Ordering::Release);
-        entry
+        let row = self.own_row(tenant);
+        let snapshot = self.snapshot.load();
+        let start = snapshot.slot(row, f)?.period_start.load(Ordering::Acquire);
+        Utc.timestamp_opt(start, 0).single()
     }
 
     /// Sets the in-memory usage of `feature` for `tenant` in the period starting at
     /// `period_start` to at least `used` (a counted usage, from this or another process).
     pub(super) fn observe_usage(&self, tenant: TenantId, feature: &str, period_start: DateTime<Utc>, used: u64) {
-        {
-            let mut states = self.states.lock().unwrap_or_else(PoisonError::into_inner);
-            states
-                .entry(tenant)
-                .or_default()
-                .note_usage(feature, period_start, used);
-        }
+        lock(&self.states)
+            .entry(tenant)
+            .or_default()
+            .note_usage(feature, period_start, used);
         if let Some(f) = self.index.id(feature) {
-            let entry = self.own_entry(tenant);
-            if let Some(slot) = entry.slots.get(f)
-                && slot.period_start == period_start.timestamp()
+            let row = self.own_row(tenant);
+            if let Some(slot) = self.snapshot.load().slot(row, f)
+                && slot.period_start.load(Ordering::Acquire) == period_start.timestamp()
             {
                 slot.used.fetch_max(used, Ordering::AcqRel);
             }
@@ -410,119 +465,193 @@ impl Entitlements {
         if self.index.kinds[f] != Kind::Limit {
             return;
         }
-        if let Some(slot) = self.own_entry(tenant).slots.get(f) {
+        let row = self.own_row(tenant);
+        if let Some(slot) = self.snapshot.load().slot(row, f) {
             slot.used.store(count, Ordering::Release);
         }
     }
 
-    /// Replaces `tenant`'s inputs and recomputes its entitlements.
-    pub fn put(&self, tenant: TenantId, state: TenantState) {
-        let _writer = self.write.lock().unwrap_or_else(PoisonError::into_inner);
-        let now = self.clock.now();
-        // Only the tenant's own counters carry over: never the default entry's, which every
-        // unknown tenant reads.
-        let previous = self.set.load().tenants.get(&tenant).map(|t| counters(t));
-        let computed = Arc::new(self.compute(&state, now, previous.as_deref()));
-        self.states
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(tenant, state);
-        let current = self.set.load_full();
-        let mut tenants = current.tenants.clone();
-        tenants.insert(tenant, computed);
-        self.set.store(Arc::new(Set {
-            tenants,
-            default: Arc::clone(&current.default),
-        }));
-        self.version.fetch_add(1, Ordering::Release);
+    /// `tenant`'s own row, created (from its known inputs, or none) if it has none: usage
+    /// is written only to a tenant's own row, never to the default one.
+    fn own_row(&self, tenant: TenantId) -> u32 {
+        let row = self.snapshot.load().table.get(key(tenant));
+        if row != 0 {
+            return row;
+        }
+        let _writer = lock(&self.write);
+        let state = lock(&self.states).entry(tenant).or_default().clone();
+        self.put_locked(tenant, &state)
     }
 
-    /// Replaces every tenant at once (a full load).
-    pub(super) fn replace_all(&self, mut states: HashMap<TenantId, TenantState>) {
-        let _writer = self.write.lock().unwrap_or_else(PoisonError::into_inner);
-        let now = self.clock.now();
-        let previous = self.set.load_full();
-        // Tenants known only for their limit counts stay known.
-        for id in previous.tenants.keys() {
-            states.entry(*id).or_default();
-        }
-        let tenants = states
+    /// Replaces `tenant`'s inputs and recomputes its entitlements.
+    pub fn put(&self, tenant: TenantId, state: TenantState) {
+        let _writer = lock(&self.write);
+        self.put_locked(tenant, &state);
+        lock(&self.states).insert(tenant, state);
+    }
+
+    /// [`put`](Self::put) with the writer lock held; returns the tenant's row.
+    fn put_locked(&self, tenant: TenantId, state: &TenantState) -> u32 {
+        let mut computed = self.compute(state, self.clock.now());
+        computed.meta.tenant = Some(tenant);
+        let rows = self.ensure_rows(&[tenant]);
+        let row = rows[0];
+        self.write_row(&self.snapshot.load(), row, &computed, false);
+        lock(&self.meta)[row as usize] = computed.meta;
+        row
+    }
+
+    /// The rows of `tenants`, allocating rows (and chunks, and a larger table) for those
+    /// without one, published in one new snapshot. Writer lock held.
+    fn ensure_rows(&self, tenants: &[TenantId]) -> Vec<u32> {
+        let current = self.snapshot.load_full();
+        let missing: Vec<TenantId> = tenants
             .iter()
-            .map(|(t, s)| {
-                let kept = previous.tenants.get(t).map(|p| counters(p));
-                (*t, Arc::new(self.compute(s, now, kept.as_deref())))
-            })
+            .copied()
+            .filter(|t| current.table.get(key(*t)) == 0)
             .collect();
-        let default = Arc::new(self.compute(&TenantState::default(), now, None));
-        *self.states.lock().unwrap_or_else(PoisonError::into_inner) = states;
-        self.set.store(Arc::new(Set { tenants, default }));
+        if missing.is_empty() {
+            return tenants.iter().map(|t| current.table.get(key(*t))).collect();
+        }
+        let mut meta = lock(&self.meta);
+        let mut table = if (current.table.len() + missing.len() + 1) * 2 > current.table.entries.len() {
+            let mut t = Table::with_capacity((current.table.len() + missing.len()) * 2);
+            for &(k, r) in current.table.entries.iter().filter(|e| e.0 != 0) {
+                t.insert(k, r);
+            }
+            t
+        } else {
+            current.table.clone()
+        };
+        let mut chunks = current.chunks.to_vec();
+        let default_plan = meta.first().map_or_else(|| Arc::from(""), |m| Arc::clone(&m.plan));
+        for t in missing {
+            let row = meta.len();
+            meta.push(Meta {
+                tenant: Some(t),
+                plan: Arc::clone(&default_plan),
+                payment_problem: false,
+                valid_until: None,
+            });
+            while row / CHUNK_ROWS >= chunks.len() {
+                chunks.push((0..CHUNK_ROWS * current.width).map(|_| Slot::default()).collect());
+            }
+            table.insert(key(t), u32::try_from(row).unwrap_or(u32::MAX));
+        }
+        let next = Arc::new(Snapshot {
+            table,
+            chunks: chunks.into_boxed_slice(),
+            width: current.width,
+        });
+        let rows = tenants.iter().map(|t| next.table.get(key(*t))).collect();
+        self.snapshot.store(next);
         self.version.fetch_add(1, Ordering::Release);
+        rows
+    }
+
+    /// Writes `computed` into `row`: values in place; metered usage reset when the period
+    /// turned, else raised to what the inputs say; limit counts left to `set_count` (a
+    /// new row starts at 0).
+    fn write_row(&self, snapshot: &Snapshot, row: u32, computed: &Computed, fresh: bool) {
+        for (f, cell) in computed.cells.iter().enumerate() {
+            let Some(slot) = snapshot.slot(row, f) else { continue };
+            let period = computed.periods[f];
+            if matches!(self.index.kinds[f], Kind::Metered(_)) {
+                if fresh || slot.period_start.load(Ordering::Acquire) != period {
+                    slot.used.store(computed.used[f], Ordering::Release);
+                    slot.period_start.store(period, Ordering::Release);
+                } else {
+                    slot.used.fetch_max(computed.used[f], Ordering::AcqRel);
+                }
+            }
+            slot.cell.store(*cell, Ordering::Release);
+        }
+    }
+
+    /// Replaces every tenant's inputs at once (a full load).
+    pub(super) fn replace_all(&self, mut states: HashMap<TenantId, TenantState>) {
+        let _writer = lock(&self.write);
+        // Tenants known before (for their limit counts, say) stay known.
+        for m in lock(&self.meta).iter() {
+            if let Some(t) = m.tenant {
+                states.entry(t).or_default();
+            }
+        }
+        let tenants: Vec<TenantId> = states.keys().copied().collect();
+        let rows = self.ensure_rows(&tenants);
+        let snapshot = self.snapshot.load_full();
+        let now = self.clock.now();
+        for (t, row) in tenants.iter().zip(rows) {
+            let mut computed = self.compute(&states[t], now);
+            computed.meta.tenant = Some(*t);
+            self.write_row(&snapshot, row, &computed, false);
+            lock(&self.meta)[row as usize] = computed.meta;
+        }
+        *lock(&self.states) = states;
     }
 
     /// Recomputes every tenant whose entitlements were valid only until now (a grant or
     /// grace period ended, a usage period turned). Returns how many.
     pub fn refresh_due(&self) -> usize {
         let now = self.clock.now();
-        let due: Vec<TenantId> = self
-            .set
-            .load()
-            .tenants
+        let due: Vec<TenantId> = lock(&self.meta)
             .iter()
-            .filter(|(_, t)| t.valid_until.is_some_and(|u| u <= now))
-            .map(|(id, _)| *id)
+            .filter(|m| m.valid_until.is_some_and(|u| u <= now))
+            .filter_map(|m| m.tenant)
             .collect();
         for tenant in &due {
-            let state = self
-                .states
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .get(tenant)
-                .cloned();
-            if let Some(state) = state {
-                self.put(*tenant, state);
-            }
+            let state = lock(&self.states).get(tenant).cloned().unwrap_or_default();
+            self.put(*tenant, state);
         }
         due.len()
     }
 
     #[inline(always)]
-    fn with_tenant<R>(&self, tenant: TenantId, f: impl FnOnce(&TenantEntitlements) -> R) -> R {
+    fn with_slot<R>(&self, tenant: TenantId, f: usize, then: impl FnOnce(Option<&Slot>) -> R) -> R {
         let version = self.version.load(Ordering::Acquire);
-        CURRENT.with(|cell| self.with_cell(cell, version, tenant, f))
+        CURRENT.with(|cell| self.with_cell(cell, version, tenant, f, then))
     }
 
-    /// Out of line so that `with_tenant` stays small enough for `LocalKey::with` to inline.
+    /// Out of line so that `with_slot` stays small enough for `LocalKey::with` to inline.
     #[inline(never)]
     fn with_cell<R>(
         &self,
         cell: &CurrentCell,
         version: u64,
         tenant: TenantId,
-        f: impl FnOnce(&TenantEntitlements) -> R,
+        f: usize,
+        then: impl FnOnce(Option<&Slot>) -> R,
     ) -> R {
         {
-            let slot = cell.borrow();
-            if let Some((id, v, set)) = &*slot
+            let copy = cell.borrow();
+            if let Some((id, v, snapshot)) = &*copy
                 && *id == self.id
                 && *v == version
             {
-                return f(set.tenants.get(&tenant).unwrap_or(&set.default));
+                return then(snapshot.slot(snapshot.table.get(key(tenant)), f));
             }
         }
-        let set = self.set.load_full();
-        let out = f(set.tenants.get(&tenant).unwrap_or(&set.default));
-        *cell.borrow_mut() = Some((self.id, version, set));
+        self.refresh_copy(cell, version, tenant, f, then)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn refresh_copy<R>(
+        &self,
+        cell: &CurrentCell,
+        version: u64,
+        tenant: TenantId,
+        f: usize,
+        then: impl FnOnce(Option<&Slot>) -> R,
+    ) -> R {
+        let snapshot = self.snapshot.load_full();
+        let out = then(snapshot.slot(snapshot.table.get(key(tenant)), f));
+        *cell.borrow_mut() = Some((self.id, version, snapshot));
         out
     }
 
-    /// A tenant's entitlements from its inputs at `now`; `counters` carries the usage
-    /// counters of the previous computation over (same period: same counter).
-    fn compute(
-        &self,
-        state: &TenantState,
-        now: DateTime<Utc>,
-        counters: Option<&[(i64, Arc<AtomicU64>)]>,
-    ) -> TenantEntitlements {
+    /// A tenant's values from its inputs at `now`.
+    fn compute(&self, state: &TenantState, now: DateTime<Utc>) -> Computed {
         let sub = state.subscription.as_ref();
         let plan_of = |key: Option<&str>| {
             key.and_then(|k| self.catalog.plan_of_price(k))
@@ -546,9 +675,11 @@ impl Entitlements {
                 valid_until = Some(t);
             }
         };
+        let read_only = access.mode == Mode::ReadOnly;
         let plan = self.catalog.plan_named(&access.plan);
         let anchor = sub.and_then(|s| s.period_start);
-        let mut slots = Vec::with_capacity(self.index.names.len());
+        let n = self.index.names.len();
+        let (mut cells, mut periods, mut used) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
         for (f, name) in self.index.names.iter().enumerate() {
             let kind = &self.index.kinds[f];
             let mut value = plan.and_then(|p| p.feature_value(name)).map_or(0, |v| encode(kind, v));
@@ -575,48 +706,36 @@ impl Entitlements {
                     };
                 }
             }
-            let period_start = match kind {
+            let (period_start, counted_use) = match kind {
                 Kind::Metered(period) => {
                     let (start, end) = period_bounds(anchor, *period, now);
                     earliest(end);
-                    start.timestamp()
+                    (start.timestamp(), state.used(name, Some(start), true))
                 }
-                _ => 0,
+                _ => (0, 0),
             };
-            let used = state.used(
-                name,
-                Utc.timestamp_opt(period_start, 0).single(),
-                matches!(kind, Kind::Metered(_)),
-            );
-            let counter = counters
-                .and_then(|c| c.get(f))
-                .filter(|(p, _)| *p == period_start)
-                .map(|(_, c)| {
-                    c.fetch_max(used, Ordering::AcqRel);
-                    Arc::clone(c)
-                })
-                .unwrap_or_else(|| Arc::new(AtomicU64::new(used)));
-            slots.push(Slot {
-                value,
-                reason,
-                used: counter,
-                period_start,
-                counted: matches!(kind, Kind::Limit | Kind::Metered(_)),
-            });
+            let counted = matches!(kind, Kind::Limit | Kind::Metered(_));
+            cells.push(pack(value, reason, counted, read_only));
+            periods.push(period_start);
+            used.push(counted_use);
         }
-        TenantEntitlements {
-            slots: slots.into_boxed_slice(),
-            read_only: access.mode == Mode::ReadOnly,
-            plan: access.plan.as_str().into(),
-            payment_problem: access.payment_problem,
-            valid_until,
+        Computed {
+            cells,
+            periods,
+            used,
+            meta: Meta {
+                tenant: None,
+                plan: access.plan.as_str().into(),
+                payment_problem: access.payment_problem,
+                valid_until,
+            },
         }
     }
 }
 
-/// The usage counters of `t`, per feature: (period start, counter).
-fn counters(t: &TenantEntitlements) -> Vec<(i64, Arc<AtomicU64>)> {
-    t.slots.iter().map(|s| (s.period_start, Arc::clone(&s.used))).collect()
+#[inline]
+fn key(tenant: TenantId) -> u128 {
+    tenant.as_uuid().as_u128()
 }
 
 fn encode(kind: &Kind, v: &Feature) -> u64 {
@@ -660,29 +779,34 @@ pub(super) fn period_bounds(
 }
 
 #[inline]
-fn decide(t: &TenantEntitlements, f: usize, amount: u64) -> Decision {
-    let Some(slot) = t.slots.get(f) else {
+fn decide(slot: Option<&Slot>, amount: u64) -> Decision {
+    let Some(slot) = slot else {
         return Decision::UNKNOWN;
     };
-    if !slot.counted {
+    let cell = slot.cell.load(Ordering::Acquire);
+    let value = cell & VALUE_MASK;
+    if cell & COUNTED == 0 {
         // Switches and tiers: on or off (a read-only tenant keeps its switches).
         return Decision {
-            granted: slot.value > 0,
+            granted: value > 0,
             limit: None,
             used: 0,
             remaining: None,
-            reason: slot.reason,
+            reason: reason_of(cell),
         };
     }
     let used = slot.used.load(Ordering::Relaxed);
-    let limit = slot.value;
-    let fits = used.checked_add(amount).is_some_and(|total| total <= limit);
-    let read_only_refusal = t.read_only && amount > 0;
+    let fits = used.checked_add(amount).is_some_and(|total| total <= value);
+    let read_only_refusal = cell & READ_ONLY != 0 && amount > 0;
     Decision {
         granted: fits && !read_only_refusal,
-        limit: Some(limit),
+        limit: Some(value),
         used,
-        remaining: Some(limit.saturating_sub(used)),
-        reason: if read_only_refusal { Reason::Lapsed } else { slot.reason },
+        remaining: Some(value.saturating_sub(used)),
+        reason: if read_only_refusal {
+            Reason::Lapsed
+        } else {
+            reason_of(cell)
+        },
     }
 }
