@@ -43,6 +43,17 @@ impl TenantSnapshot {
         self.set.plan(self.tenant)
     }
 
+    /// `ctx` with the tenant's plan and features, for flags that target on them: the plan
+    /// as `plan`, each feature it has as the property `feature.<name>` (`on`, the limit,
+    /// the tier).
+    pub fn flag_context(&self, ctx: saas_flags::Context) -> saas_flags::Context {
+        let mut ctx = ctx.plan(&*self.plan().0);
+        for (name, value) in self.set.granted(self.tenant) {
+            ctx.set_property(&format!("feature.{name}"), value);
+        }
+        ctx
+    }
+
     /// The 402 problem for `decision` on `feature` (`amount` asked): names the feature,
     /// the limit, the usage and the cheapest plan that would grant it.
     pub fn problem(&self, feature: &str, amount: u64, decision: &Decision) -> Problem {

@@ -25,6 +25,7 @@
 
 mod layer;
 mod load;
+mod seats;
 mod set;
 
 pub use layer::{
@@ -33,4 +34,5 @@ pub use layer::{
 pub use load::{
     CHANNEL, EntitlementsError, Grant, GrantKind, GrantValue, SubscriptionState, TenantState, record_usage,
 };
+pub use seats::Seats;
 pub use set::{Decision, Entitlements, FeatureKey, Reason};

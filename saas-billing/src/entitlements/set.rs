@@ -398,6 +398,25 @@ impl Entitlements {
             .cloned()
     }
 
+    /// Every feature `tenant` has now, with its value as text (`on`, the amount, the
+    /// tier): for flag targeting and billing pages, not the hot path.
+    pub fn granted(&self, tenant: TenantId) -> Vec<(&str, String)> {
+        let mut out = Vec::new();
+        for (f, name) in self.index.names.iter().enumerate() {
+            let d = self.with_slot(tenant, f, |slot| decide(slot, 0));
+            if !d.granted {
+                continue;
+            }
+            let value = match &self.index.kinds[f] {
+                Kind::Switch => "on".to_owned(),
+                Kind::Limit | Kind::Metered(_) => d.limit.unwrap_or(0).to_string(),
+                Kind::Tier(_) => self.tier(tenant, name).map(|t| t.to_string()).unwrap_or_default(),
+            };
+            out.push((&**name, value));
+        }
+        out
+    }
+
     /// The plan whose features `tenant` has now, and whether it has a payment problem.
     pub fn plan(&self, tenant: TenantId) -> (Arc<str>, bool) {
         let row = self.snapshot.load().table.get(key(tenant)) as usize;

@@ -424,3 +424,66 @@ fn concurrent_writers_lose_no_tenant() {
         }
     }
 }
+
+#[tokio::test]
+async fn seats_for_invitations_and_plan_and_features_for_flags() {
+    use saas_authz::SeatLimit;
+    use saas_billing::entitlements::{EntitlementsLayer, Seats, TenantSnapshot};
+    use tower::{Layer, Service, ServiceExt};
+
+    let catalog = Arc::new(
+        Catalog::new("eur")
+            .plan(Plan::new("free").feature("seats", Feature::Limit(2)))
+            .plan(
+                Plan::new("team")
+                    .price(Price::per_seat_monthly("team_seat", 900))
+                    .feature("seats", Feature::Limit(25))
+                    .feature("sso", Feature::On),
+            )
+            .validate()
+            .unwrap(),
+    );
+    let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 4, 10, 9, 0, 0).unwrap());
+    let e = Arc::new(Entitlements::new(
+        catalog,
+        AccessPolicy::new("free"),
+        Arc::new(clock.clone()),
+    ));
+    let (free, team) = (TenantId::new(), TenantId::new());
+    e.put(team, subscribed(SubscriptionStatus::Active, clock.now(), "team_seat"));
+    let db = crate::db().await;
+    let mut conn = db.app().acquire().await.unwrap();
+    let seats = Seats::new(Arc::clone(&e));
+    assert_eq!(seats.seats(&mut conn, free).await.unwrap(), Some(2));
+    assert_eq!(seats.seats(&mut conn, team).await.unwrap(), Some(25));
+    let other = Seats::feature(Arc::clone(&e), "editors");
+    assert_eq!(
+        other.seats(&mut conn, team).await.unwrap(),
+        None,
+        "no such feature: unlimited"
+    );
+
+    // A flag rolled out to the team plan, and one to tenants with SSO.
+    let flags = saas_flags::Engine::from_unleash(
+        saas_flags::unleash::ClientFeatures::from_json(
+            br#"{"version":2,"features":[
+              {"name":"audit-export","enabled":true,"strategies":[{"name":"default","constraints":[
+                {"contextName":"plan","operator":"IN","values":["team"]}]}]},
+              {"name":"scim","enabled":true,"strategies":[{"name":"default","constraints":[
+                {"contextName":"feature.sso","operator":"IN","values":["on"]}]}]}]}"#,
+        )
+        .unwrap(),
+    );
+    let mut svc =
+        EntitlementsLayer::new(Arc::clone(&e)).layer(tower::service_fn(|req: http::Request<()>| async move {
+            Ok::<_, std::convert::Infallible>(req.extensions().get::<TenantSnapshot>().cloned().unwrap())
+        }));
+    for (tenant, on) in [(team, true), (free, false)] {
+        let mut req = http::Request::new(());
+        req.extensions_mut().insert(tenant);
+        let snapshot = svc.ready().await.unwrap().call(req).await.unwrap();
+        let ctx = snapshot.flag_context(saas_flags::Context::new().tenant(tenant));
+        assert_eq!(flags.is_enabled("audit-export", &ctx), on);
+        assert_eq!(flags.is_enabled("scim", &ctx), on);
+    }
+}
