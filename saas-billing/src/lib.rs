@@ -107,6 +107,7 @@ pub mod status;
 #[cfg(feature = "stripe")]
 pub mod stripe;
 pub mod sync;
+pub mod usage;
 pub mod webhook;
 
 pub use access::{Access, AccessPolicy, AccessReason, Lapsed, Mode};

@@ -487,3 +487,59 @@ async fn seats_for_invitations_and_plan_and_features_for_flags() {
         assert_eq!(flags.is_enabled("scim", &ctx), on);
     }
 }
+
+#[tokio::test]
+async fn metered_usage_reaches_the_providers_meter_once() {
+    use saas_billing::provider::{BillingProvider, UsageEvent};
+    use saas_billing::simulator::Simulator;
+    use saas_billing::usage::report_usage;
+    use saas_tenancy::PlatformPool;
+
+    let catalog = Arc::new(
+        Catalog::new("eur")
+            .plan(Plan::new("free").feature("api_calls", Feature::metered_monthly(100)))
+            .plan(
+                Plan::new("pro")
+                    .price(Price::monthly("pro_monthly", 2900))
+                    .price(Price::metered_monthly("pro_api", "api_calls", 1))
+                    .feature("api_calls", Feature::metered_monthly(100_000)),
+            )
+            .validate()
+            .unwrap(),
+    );
+    let db = crate::db().await;
+    let platform = PlatformPool::new(db.platform().clone());
+    let clock = ManualClock::new(Utc::now());
+    let sim = Simulator::new(clock.clone()).with_catalog(&catalog);
+    let e = Entitlements::new(Arc::clone(&catalog), AccessPolicy::new("free"), Arc::new(clock.clone()));
+    let (paying, no_customer) = (TenantId::new(), TenantId::new());
+    let customer = saas_billing::customer_for(&platform, &sim, paying, None).await.unwrap();
+    for (t, id, n) in [
+        (paying, "r1", 10),
+        (paying, "r2", 5),
+        (paying, "r1", 10),
+        (paying, "r3", 7),
+        (no_customer, "x1", 3),
+    ] {
+        e.record_usage(db.app(), t, "api_calls", id, n).await.unwrap();
+    }
+    // A worker sent r1 and died before marking it: the provider already has it.
+    sim.report_usage(&UsageEvent {
+        meter: "api_calls".into(),
+        customer: customer.clone(),
+        value: 10,
+        identifier: format!("{paying}:r1"),
+        at: clock.now(),
+    })
+    .await
+    .unwrap();
+    let report = report_usage(&platform, &sim, &catalog).await.unwrap();
+    assert_eq!(report.sent, 3, "{report:?}");
+    assert_eq!(sim.usage_reported(&customer, "api_calls"), 22, "r1 billed once");
+    assert_eq!(report_usage(&platform, &sim, &catalog).await.unwrap().sent, 0);
+    let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM saas.billing_usage_events WHERE reported_at IS NULL")
+        .fetch_one(db.platform())
+        .await
+        .unwrap();
+    assert_eq!(waiting, 1, "the tenant without a customer waits for one");
+}
