@@ -100,6 +100,7 @@ pub mod access;
 pub mod catalog;
 pub mod customers;
 pub mod entitlements;
+pub mod notify;
 pub mod provider;
 pub mod reconcile;
 pub mod simulator;

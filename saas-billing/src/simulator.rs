@@ -7,6 +7,7 @@
 //! | step | status | events |
 //! |---|---|---|
 //! | subscribe with a trial | `trialing` | `customer.subscription.created` |
+//! | three days before the trial ends | `trialing` | `customer.subscription.trial_will_end` |
 //! | subscribe without a trial, payment succeeds | `active` | `customer.subscription.created`, `invoice.paid` |
 //! | subscribe without a trial, payment fails | `incomplete` | `customer.subscription.created`, `invoice.payment_failed` |
 //! | 23 hours incomplete | `incomplete_expired` | `customer.subscription.updated` |
@@ -44,6 +45,9 @@ use crate::provider::{
     NewSubscription, Proration, ProviderError, Subscription, SubscriptionChange, UsageEvent,
 };
 use crate::status::SubscriptionStatus;
+
+/// How long before a trial's end Stripe sends `customer.subscription.trial_will_end`.
+const TRIAL_WARNING: Duration = Duration::days(3);
 
 /// Days after the first failed payment at which it is retried.
 const RETRY_DAYS: [i64; 3] = [3, 5, 7];
@@ -84,6 +88,8 @@ struct Sim {
     /// The price's amount and charge when the subscription took it: a subscription keeps
     /// its price's terms when the catalog moves the lookup key to a new price.
     terms: Option<(i64, Charge)>,
+    /// Whether `customer.subscription.trial_will_end` was sent for this trial.
+    trial_warned: bool,
     /// When the unpaid invoice first failed (past due / incomplete).
     failed_at: Option<DateTime<Utc>>,
     retries: usize,
@@ -314,6 +320,7 @@ impl Simulator {
                 },
                 interval,
                 terms: s.terms_of(lookup_key),
+                trial_warned: false,
                 failed_at: None,
                 retries: 0,
                 created: now,
@@ -434,6 +441,10 @@ fn next_period(from: DateTime<Utc>, interval: Interval) -> DateTime<Utc> {
 fn next_due(sim: &Sim) -> Option<DateTime<Utc>> {
     use SubscriptionStatus::{Active, Incomplete, PastDue, Trialing};
     match sim.sub.status {
+        // Three days before a trial ends, Stripe warns (`trial_will_end`).
+        Trialing if !sim.trial_warned && sim.sub.trial_end.is_some_and(|t| t - TRIAL_WARNING > sim.created) => {
+            sim.sub.trial_end.map(|t| t - TRIAL_WARNING)
+        }
         Trialing | Active => sim.sub.current_period_end,
         Incomplete => Some(sim.created + Duration::hours(23)),
         PastDue => Some(sim.failed_at? + Duration::days(*RETRY_DAYS.get(sim.retries)?)),
@@ -698,6 +709,10 @@ impl State {
         let pm = self.payment_method(id);
         let Some(sim) = self.subs.get_mut(id) else { return };
         match sim.sub.status {
+            Trialing if !sim.trial_warned && sim.sub.trial_end.is_some_and(|t| now < t) => {
+                sim.trial_warned = true;
+                self.emit_sub("customer.subscription.trial_will_end", id, now);
+            }
             Trialing | Active if sim.sub.cancel_at_period_end => {
                 sim.sub.status = Canceled;
                 self.emit_sub("customer.subscription.deleted", id, now);

@@ -17,6 +17,7 @@ use saas_core::audit::{self, Actor, AuditRecord};
 use saas_events::{JobContext, JobError, WorkerBuilder};
 use saas_tenancy::{PlatformPool, SystemTx, TenancyError};
 
+use crate::notify::Notifications;
 use crate::provider::{BillingProvider, ProviderError, Subscription};
 use crate::status::SubscriptionStatus;
 use crate::webhook::StripeEventReceived;
@@ -40,6 +41,9 @@ pub enum SyncError {
     /// The event is not in the inbox.
     #[error("no stored event {0}")]
     UnknownEvent(String),
+    /// A billing email could not be queued.
+    #[error("billing email: {0}")]
+    Notify(String),
     /// A tenant already has another provider customer (one customer per tenant).
     #[error("tenant {tenant} already has the customer {existing}, not {customer}")]
     SecondCustomer {
@@ -71,16 +75,36 @@ pub fn handle_events<P: BillingProvider>(
     platform: PlatformPool,
     provider: Arc<P>,
 ) -> WorkerBuilder {
+    register(builder, platform, provider, None)
+}
+
+/// [`handle_events`], with the billing emails of [`process_event_notifying`] (register
+/// saas-events' `MailHandler` on a worker to send them).
+pub fn handle_events_notifying<P: BillingProvider>(
+    builder: WorkerBuilder,
+    platform: PlatformPool,
+    provider: Arc<P>,
+    notifications: Notifications,
+) -> WorkerBuilder {
+    register(builder, platform, provider, Some(Arc::new(notifications)))
+}
+
+fn register<P: BillingProvider>(
+    builder: WorkerBuilder,
+    platform: PlatformPool,
+    provider: Arc<P>,
+    notifications: Option<Arc<Notifications>>,
+) -> WorkerBuilder {
     let builder = crate::customers::handle_tenant_deletion(builder, platform.clone(), Arc::clone(&provider));
     builder.handle(move |ctx: JobContext, job: StripeEventReceived| {
-        let (platform, provider) = (platform.clone(), Arc::clone(&provider));
+        let (platform, provider, notifications) = (platform.clone(), Arc::clone(&provider), notifications.clone());
         async move {
             if ctx.tenant().is_some() {
                 return Err(JobError::fatal(
                     "billing events are platform jobs; a tenant published this one",
                 ));
             }
-            match process_event(&platform, &*provider, &job.event_id).await {
+            match process_event_notifying(&platform, &*provider, &job.event_id, notifications.as_deref()).await {
                 Ok(_) => Ok(()),
                 Err(SyncError::UnknownEvent(id)) => Err(JobError::fatal(format!("no stored event {id}"))),
                 Err(e) => Err(JobError::retry(e)),
@@ -95,6 +119,18 @@ pub async fn process_event<P: BillingProvider + ?Sized>(
     platform: &PlatformPool,
     provider: &P,
     event_id: &str,
+) -> Result<Processed, SyncError> {
+    process_event_notifying(platform, provider, event_id, None).await
+}
+
+/// [`process_event`], and the billing email the event calls for (failed payment, payment
+/// needing action, trial ending) queued to the tenant's billing contacts in the same
+/// transaction that marks the event processed: an event processed twice emails once.
+pub async fn process_event_notifying<P: BillingProvider + ?Sized>(
+    platform: &PlatformPool,
+    provider: &P,
+    event_id: &str,
+    notifications: Option<&Notifications>,
 ) -> Result<Processed, SyncError> {
     let raw: Option<String> = sqlx::query_scalar("SELECT raw FROM saas.billing_inbox WHERE event_id = $1")
         .bind(event_id)
@@ -135,11 +171,37 @@ pub async fn process_event<P: BillingProvider + ?Sized>(
         Processed::Applied(ids) => format!("applied: {}", ids.join(", ")),
         Processed::Ignored(why) => why.clone(),
     };
-    sqlx::query("UPDATE saas.billing_inbox SET processed_at = now(), outcome = $2 WHERE event_id = $1")
-        .bind(event_id)
-        .bind(text)
-        .execute(platform.as_pool())
-        .await?;
+    let mut tx = SystemTx::begin(platform, "billing-event-processed").await?;
+    let first = sqlx::query(
+        "UPDATE saas.billing_inbox SET processed_at = now(), outcome = $2 WHERE event_id = $1 AND processed_at IS NULL",
+    )
+    .bind(event_id)
+    .bind(&text)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if !first {
+        // Processed before (a redelivered job): the outcome is refreshed, nothing is sent again.
+        sqlx::query("UPDATE saas.billing_inbox SET outcome = $2 WHERE event_id = $1")
+            .bind(event_id)
+            .bind(&text)
+            .execute(&mut *tx)
+            .await?;
+    }
+    if let (true, Some(n), Processed::Applied(ids)) = (first, notifications, &outcome)
+        && let Some(id) = ids.first()
+    {
+        let tenant: Option<uuid::Uuid> =
+            sqlx::query_scalar("SELECT tenant_id FROM saas.billing_subscriptions WHERE subscription_id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if let Some(t) = tenant {
+            n.queue_for(&mut tx, TenantId::from_uuid(t), &event).await?;
+        }
+    }
+    tx.commit().await?;
     Ok(outcome)
 }
 

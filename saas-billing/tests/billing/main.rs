@@ -14,6 +14,7 @@ pub async fn db() -> saas_core::testkit::TestDb {
         &saas_core::MIGRATOR,
         &saas_tenancy::MIGRATOR,
         &saas_events::MIGRATOR,
+        &saas_authz::MIGRATOR,
         &saas_billing::MIGRATOR,
     ])
     .await

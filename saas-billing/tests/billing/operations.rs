@@ -368,3 +368,89 @@ async fn requesting_a_tenants_deletion_cancels_its_subscription() {
     // The other tenant still pays.
     assert_eq!(w.mirror(&subs[1]).await.0, "active");
 }
+
+#[tokio::test]
+async fn failed_payments_and_ending_trials_email_the_owners_once() {
+    use saas_billing::notify::Notifications;
+    use saas_billing::sync::process_event_notifying;
+
+    let w = World::new().await;
+    let owner = UserId::new();
+    let tenant = lifecycle::create(w.db.app(), "dunning-co", "Dunning Co", owner, &w.clock)
+        .await
+        .unwrap()
+        .id;
+    let member = UserId::new();
+    for (user, email, role) in [
+        (owner, "owner@dunning.test", "owner"),
+        (member, "dev@dunning.test", "member"),
+    ] {
+        sqlx::query(
+            "INSERT INTO saas.users (id, issuer, subject, email, created_at, updated_at) VALUES ($1, 'test', $2, $3, now(), now())",
+        )
+        .bind(user)
+        .bind(email)
+        .bind(email)
+        .execute(w.db.platform())
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO saas.memberships (tenant_id, user_id, roles, joined_at) VALUES ($1, $2, ARRAY[$3], now())",
+        )
+        .bind(tenant)
+        .bind(user)
+        .bind(role)
+        .execute(w.db.platform())
+        .await
+        .unwrap();
+    }
+    let customer = customer_for(&w.platform, &*w.sim, tenant, None).await.unwrap();
+    // A trial (warned three days before its end), then a card that fails.
+    let sub = w
+        .sim
+        .create_subscription(&NewSubscription::new(tenant, &customer, "pro_monthly").trial_days(14))
+        .await
+        .unwrap();
+    w.sim.set_payment_method(&customer, false).unwrap();
+    w.sim.advance(Duration::days(15));
+    let notifications = Notifications::new("https://app.test/settings/billing");
+    for e in w.sim.events() {
+        let body = e.body();
+        let req = Request::post("/webhooks/stripe")
+            .header(
+                "stripe-signature",
+                sign(SECRET, w.clock.now().timestamp(), body.as_bytes()),
+            )
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        assert_eq!(w.endpoint.clone().oneshot(req).await.unwrap().status(), 200);
+        // Twice, as a redelivered job would: the email goes once.
+        for _ in 0..2 {
+            process_event_notifying(&w.platform, &*w.sim, &e.id, Some(&notifications))
+                .await
+                .unwrap();
+        }
+    }
+    assert_eq!(w.mirror(&sub.id).await.0, "past_due");
+    let emails: Vec<(String, serde_json::Value)> = sqlx::query_as(
+        "SELECT payload->>'template', payload FROM saas.jobs WHERE kind = 'email.send' ORDER BY created_at",
+    )
+    .fetch_all(w.db.platform())
+    .await
+    .unwrap();
+    let templates: Vec<&str> = emails.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(templates, ["trial_ending", "payment_failed"]);
+    for (_, payload) in &emails {
+        assert_eq!(payload["to"], serde_json::json!(["owner@dunning.test"]), "owners only");
+        assert_eq!(payload["context"]["link"], "https://app.test/settings/billing");
+        assert_eq!(payload["context"]["tenant"], "Dunning Co");
+    }
+    assert_eq!(emails[1].1["context"]["amount"], "30.00 EUR");
+    // The templates render (saas-events' built-ins).
+    let templates = saas_events::mail::Templates::built_in();
+    for (name, payload) in &emails {
+        let to = vec![payload["to"][0].as_str().unwrap().to_owned()];
+        let email = templates.render(name, &to, &payload["context"]).unwrap();
+        assert!(email.subject.contains("Dunning Co"), "{}", email.subject);
+    }
+}
