@@ -107,6 +107,7 @@ pub mod simulator;
 pub mod status;
 #[cfg(feature = "stripe")]
 pub mod stripe;
+pub mod summary;
 pub mod sync;
 pub mod usage;
 pub mod webhook;

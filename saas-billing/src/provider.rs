@@ -407,6 +407,12 @@ pub trait BillingProvider: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Subscription, ProviderError>> + Send;
     /// Resumes a paused subscription (it is charged now).
     fn resume_subscription(&self, id: &str) -> impl Future<Output = Result<Subscription, ProviderError>> + Send;
+    /// `customer`'s latest invoices, newest first, at most `limit`.
+    fn invoices_of(
+        &self,
+        customer: &str,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Invoice>, ProviderError>> + Send;
     /// The invoice `id`, or `None` if the provider does not know it.
     fn invoice(&self, id: &str) -> impl Future<Output = Result<Option<Invoice>, ProviderError>> + Send;
     /// Reports usage to a meter; the same identifier twice counts once.

@@ -953,6 +953,19 @@ impl BillingProvider for Simulator {
         Ok(self.with(|s, _| s.subs[id].sub.clone()))
     }
 
+    async fn invoices_of(&self, customer: &str, limit: usize) -> Result<Vec<Invoice>, ProviderError> {
+        // Ids are issued in order: the newest is the greatest.
+        Ok(self.with(|s, _| {
+            s.invoices
+                .values()
+                .rev()
+                .filter(|i| i.customer == customer)
+                .take(limit)
+                .cloned()
+                .collect()
+        }))
+    }
+
     async fn invoice(&self, id: &str) -> Result<Option<Invoice>, ProviderError> {
         Ok(self.with(|s, _| s.invoices.get(id).cloned()))
     }

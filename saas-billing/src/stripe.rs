@@ -661,6 +661,19 @@ impl BillingProvider for Stripe {
         subscription_of(&self.post(&path, &[], &fresh_key("resume")).await?)
     }
 
+    async fn invoices_of(&self, customer: &str, limit: usize) -> Result<Vec<Invoice>, ProviderError> {
+        let path = format!(
+            "/v1/invoices?customer={}&limit={}",
+            checked(customer)?,
+            limit.clamp(1, 100)
+        );
+        let page = self.get(&path).await?.unwrap_or_default();
+        Ok(page["data"]
+            .as_array()
+            .map(|d| d.iter().map(invoice_of).collect())
+            .unwrap_or_default())
+    }
+
     async fn invoice(&self, id: &str) -> Result<Option<Invoice>, ProviderError> {
         Ok(self
             .get(&format!("/v1/invoices/{}", checked(id)?))

@@ -454,3 +454,83 @@ async fn failed_payments_and_ending_trials_email_the_owners_once() {
         assert!(email.subject.contains("Dunning Co"), "{}", email.subject);
     }
 }
+
+#[tokio::test]
+async fn billing_summaries_for_a_tenant_and_the_platform() {
+    use saas_billing::entitlements::Entitlements;
+    use saas_billing::summary::{platform_summary, tenant_summary};
+
+    let w = World::new().await;
+    let mut ids = Vec::new();
+    for slug in ["sum-active", "sum-pastdue", "sum-trial", "sum-none"] {
+        ids.push(
+            lifecycle::create(w.db.app(), slug, slug, UserId::new(), &w.clock)
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    let subscribe = |t: TenantId, price: &'static str, seats: u64, trial: Option<u32>, pays: bool| {
+        let (w, sim) = (&w, Arc::clone(&w.sim));
+        async move {
+            let c = customer_for(&w.platform, &*sim, t, None).await.unwrap();
+            sim.set_payment_method(&c, pays).unwrap();
+            let mut req = NewSubscription::new(t, &c, price).quantity(seats);
+            if let Some(days) = trial {
+                req = req.trial_days(days);
+            }
+            let s = sim.create_subscription(&req).await.unwrap();
+            s.id
+        }
+    };
+    let active = subscribe(ids[0], "pro_monthly", 1, None, true).await;
+    let past_due = subscribe(ids[1], "business_seat", 4, Some(2), false).await;
+    w.sim.advance(Duration::days(2));
+    subscribe(ids[2], "pro_annual", 1, Some(5), true).await;
+    for s in w.sim.subscriptions().await.unwrap() {
+        saas_billing::sync::sync_subscription(&w.platform, &*w.sim, &s.id, "test")
+            .await
+            .unwrap();
+    }
+    assert_eq!(w.mirror(&past_due).await.0, "past_due");
+
+    let (eur, _) = catalogs();
+    let p = platform_summary(&w.platform, &eur, w.clock.now()).await.unwrap();
+    assert_eq!(p.mrr_by_plan.get("pro"), Some(&3000));
+    assert_eq!(p.mrr_by_plan.get("business"), Some(&6000));
+    assert_eq!((p.mrr, p.past_due_amount), (9000, 6000));
+    for (status, n) in [("active", 1), ("past_due", 1), ("trialing", 1), ("none", 1)] {
+        assert_eq!(
+            p.tenants_by_status.get(status),
+            Some(&n),
+            "{status}: {:?}",
+            p.tenants_by_status
+        );
+    }
+    assert_eq!(p.trials_ending_this_week.len(), 1);
+    assert_eq!(p.trials_ending_this_week[0].0, ids[2]);
+
+    let e = Entitlements::load(
+        &w.platform,
+        Arc::new(eur),
+        saas_billing::AccessPolicy::new("free"),
+        Arc::new(w.clock.clone()),
+    )
+    .await
+    .unwrap();
+    let a = tenant_summary(&w.platform, &*w.sim, &e, ids[0]).await.unwrap();
+    assert_eq!((a.plan.as_str(), a.payment_problem), ("pro", false));
+    let sub = a.subscription.clone().unwrap();
+    assert_eq!((sub.id.as_str(), sub.status.as_str()), (active.as_str(), "active"));
+    assert_eq!(a.invoices.len(), 1);
+    assert_eq!(
+        (a.invoices[0].amount_paid, a.invoices[0].status.as_deref()),
+        (3000, Some("paid"))
+    );
+    let b = tenant_summary(&w.platform, &*w.sim, &e, ids[1]).await.unwrap();
+    assert!(b.payment_problem);
+    assert_eq!(b.subscription.unwrap().quantity, 4);
+    // Serialisable for pages and APIs, with no card or bank detail in it.
+    let json = serde_json::to_value(&a).unwrap();
+    assert_eq!(json["plan"], "pro");
+}

@@ -429,6 +429,8 @@ async fn the_write_side_against_localstripe() {
         "{invoices}"
     );
     assert_eq!(stripe.invoice("in_doesnotexist").await.unwrap(), None, "{invoices}");
+    let latest = stripe.invoices_of(&customer.id, 5).await.unwrap();
+    assert!(latest.iter().any(|i| i.id.as_deref() == Some(first)), "{latest:?}");
 
     // A preview of the upgrade (localstripe's create_preview): the next invoice at the new plan.
     let preview = stripe
