@@ -103,6 +103,7 @@ pub mod entitlements;
 pub mod notify;
 pub mod provider;
 pub mod reconcile;
+pub mod seats;
 pub mod simulator;
 pub mod status;
 #[cfg(feature = "stripe")]

@@ -534,3 +534,70 @@ async fn billing_summaries_for_a_tenant_and_the_platform() {
     let json = serde_json::to_value(&a).unwrap();
     assert_eq!(json["plan"], "pro");
 }
+
+#[tokio::test]
+async fn per_seat_subscriptions_follow_the_members() {
+    use saas_billing::seats::sync_seats;
+
+    let w = World::new().await;
+    let tenant = lifecycle::create(w.db.app(), "seats-co", "Seats Co", UserId::new(), &w.clock)
+        .await
+        .unwrap()
+        .id;
+    let customer = customer_for(&w.platform, &*w.sim, tenant, None).await.unwrap();
+    w.sim.set_payment_method(&customer, true).unwrap();
+    let sub = w
+        .sim
+        .create_subscription(&NewSubscription::new(tenant, &customer, "business_seat"))
+        .await
+        .unwrap()
+        .id;
+    saas_billing::sync::sync_subscription(&w.platform, &*w.sim, &sub, "test")
+        .await
+        .unwrap();
+    // Three members join; the memberships are written as the application role writes them.
+    let mut tx = saas_tenancy::TenantTx::begin(w.db.app(), tenant).await.unwrap();
+    for i in 0..3 {
+        let user = UserId::new();
+        sqlx::query(
+            "INSERT INTO saas.users (id, issuer, subject, created_at, updated_at) VALUES ($1, 'test', $2, now(), now())",
+        )
+        .bind(user)
+        .bind(format!("seat-{i}"))
+        .execute(w.db.platform())
+        .await
+        .unwrap();
+        sqlx::query("INSERT INTO saas.memberships (tenant_id, user_id, roles, joined_at) VALUES ($1, $2, ARRAY['member'], now())")
+            .bind(tenant)
+            .bind(user)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+    let queued: Vec<(Option<uuid::Uuid>, String)> =
+        sqlx::query_as("SELECT tenant_id, state FROM saas.jobs WHERE kind = 'billing.sync_seats'")
+            .fetch_all(w.db.platform())
+            .await
+            .unwrap();
+    assert_eq!(
+        queued,
+        vec![(Some(*tenant.as_uuid()), "pending".to_owned())],
+        "one job for the burst"
+    );
+
+    let (eur, _) = catalogs();
+    let changed = sync_seats(&w.platform, &*w.sim, &eur, tenant, Proration::CreateProrations)
+        .await
+        .unwrap();
+    assert_eq!(changed, Some(3));
+    assert_eq!(w.sim.subscription(&sub).await.unwrap().unwrap().quantity, 3);
+    assert_eq!(w.mirror(&sub).await.2, 3);
+    assert_eq!(
+        sync_seats(&w.platform, &*w.sim, &eur, tenant, Proration::CreateProrations)
+            .await
+            .unwrap(),
+        None,
+        "nothing to change the second time"
+    );
+}
