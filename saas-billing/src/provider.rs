@@ -292,6 +292,17 @@ pub enum CancelAt {
     PeriodEnd,
 }
 
+/// Why a customer cancels (Stripe's `cancellation_details`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CancellationReason {
+    /// One of Stripe's feedback values: `too_expensive`, `missing_features`,
+    /// `switched_service`, `unused`, `customer_service`, `too_complex`, `low_quality`,
+    /// `other`.
+    pub feedback: Option<String>,
+    /// The customer's own words.
+    pub comment: Option<String>,
+}
+
 /// One line of an invoice or a preview.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InvoiceLine {
@@ -405,6 +416,26 @@ pub trait BillingProvider: Send + Sync + 'static {
         id: &str,
         at: CancelAt,
     ) -> impl Future<Output = Result<Subscription, ProviderError>> + Send;
+    /// Cancels with the customer's reason recorded at the provider (by default the reason
+    /// is dropped and [`cancel_subscription`](Self::cancel_subscription) runs).
+    fn cancel_with_reason(
+        &self,
+        id: &str,
+        at: CancelAt,
+        reason: &CancellationReason,
+    ) -> impl Future<Output = Result<Subscription, ProviderError>> + Send {
+        let _ = reason;
+        self.cancel_subscription(id, at)
+    }
+    /// Schedules `change` for the end of the current period (a downgrade, a move to the
+    /// annual price): until then nothing changes and nothing is prorated.
+    fn schedule_change(
+        &self,
+        id: &str,
+        change: &SubscriptionChange,
+    ) -> impl Future<Output = Result<Subscription, ProviderError>> + Send;
+    /// Drops a change scheduled for the period's end.
+    fn unschedule_change(&self, id: &str) -> impl Future<Output = Result<Subscription, ProviderError>> + Send;
     /// Resumes a paused subscription (it is charged now).
     fn resume_subscription(&self, id: &str) -> impl Future<Output = Result<Subscription, ProviderError>> + Send;
     /// `customer`'s latest invoices, newest first, at most `limit`.

@@ -41,8 +41,8 @@ use saas_core::clock::{Clock, ManualClock};
 
 use crate::catalog::{Catalog, CatalogProvider, Charge, Interval, Plan, Price, ProviderPrice, ProviderProduct};
 use crate::provider::{
-    BillingProvider, CancelAt, CheckoutRequest, Customer, Discount, HostedSession, Invoice, InvoiceLine,
-    NewSubscription, Proration, ProviderError, Subscription, SubscriptionChange, UsageEvent,
+    BillingProvider, CancelAt, CancellationReason, CheckoutRequest, Customer, Discount, HostedSession, Invoice,
+    InvoiceLine, NewSubscription, Proration, ProviderError, Subscription, SubscriptionChange, UsageEvent,
 };
 use crate::status::SubscriptionStatus;
 
@@ -90,6 +90,10 @@ struct Sim {
     terms: Option<(i64, Charge)>,
     /// Whether `customer.subscription.trial_will_end` was sent for this trial.
     trial_warned: bool,
+    /// A change waiting for the end of the period.
+    scheduled: Option<SubscriptionChange>,
+    /// Why it was canceled, if the customer said.
+    cancellation: Option<CancellationReason>,
     /// When the unpaid invoice first failed (past due / incomplete).
     failed_at: Option<DateTime<Utc>>,
     retries: usize,
@@ -235,6 +239,11 @@ impl Simulator {
         Ok(sub)
     }
 
+    /// The reason given when `subscription` was canceled, if any.
+    pub fn cancellation_reason(&self, subscription: &str) -> Option<CancellationReason> {
+        self.with(|s, _| s.subs.get(subscription).and_then(|sim| sim.cancellation.clone()))
+    }
+
     /// The usage reported to `meter` for `customer` so far (each identifier once).
     pub fn usage_reported(&self, customer: &str, meter: &str) -> u64 {
         self.with(|s, _| {
@@ -321,6 +330,8 @@ impl Simulator {
                 interval,
                 terms: s.terms_of(lookup_key),
                 trial_warned: false,
+                scheduled: None,
+                cancellation: None,
                 failed_at: None,
                 retries: 0,
                 created: now,
@@ -721,7 +732,21 @@ impl State {
                 sim.sub.status = Paused;
                 self.emit_sub("customer.subscription.paused", id, now);
             }
-            Trialing | Active => self.charge(id, now, "customer.subscription.updated"),
+            Trialing | Active => {
+                if let Some(change) = sim.scheduled.take() {
+                    if let Some(p) = &change.price {
+                        sim.sub.price_lookup_key = Some(p.clone());
+                        if let Some((amount, _, interval, charge)) = self.prices.get(p).cloned() {
+                            sim.interval = interval;
+                            sim.terms = Some((amount, charge));
+                        }
+                    }
+                    if let Some(q) = change.quantity {
+                        sim.sub.quantity = q;
+                    }
+                }
+                self.charge(id, now, "customer.subscription.updated");
+            }
             Incomplete => {
                 sim.sub.status = IncompleteExpired;
                 self.emit_sub("customer.subscription.updated", id, now);
@@ -946,6 +971,39 @@ impl BillingProvider for Simulator {
     async fn cancel_subscription(&self, id: &str, at: CancelAt) -> Result<Subscription, ProviderError> {
         self.cancel(id, at == CancelAt::PeriodEnd)?;
         Ok(self.with(|s, _| s.subs[id].sub.clone()))
+    }
+
+    async fn cancel_with_reason(
+        &self,
+        id: &str,
+        at: CancelAt,
+        reason: &CancellationReason,
+    ) -> Result<Subscription, ProviderError> {
+        self.with(|s, _| s.live(id).map(|sim| sim.cancellation = Some(reason.clone())))?;
+        self.cancel_subscription(id, at).await
+    }
+
+    async fn schedule_change(&self, id: &str, change: &SubscriptionChange) -> Result<Subscription, ProviderError> {
+        self.with(|s, now| {
+            let customer = s.live(id)?.sub.customer.clone();
+            if let Some(p) = &change.price {
+                if !s.offered(p) {
+                    return Err(ProviderError::NotFound(format!("active price with lookup key {p}")));
+                }
+                s.check_currency(&customer, p)?;
+            }
+            s.live(id)?.scheduled = Some(change.clone());
+            s.emit_sub("customer.subscription.updated", id, now);
+            Ok(s.subs[id].sub.clone())
+        })
+    }
+
+    async fn unschedule_change(&self, id: &str) -> Result<Subscription, ProviderError> {
+        self.with(|s, now| {
+            s.live(id)?.scheduled = None;
+            s.emit_sub("customer.subscription.updated", id, now);
+            Ok(s.subs[id].sub.clone())
+        })
     }
 
     async fn resume_subscription(&self, id: &str) -> Result<Subscription, ProviderError> {

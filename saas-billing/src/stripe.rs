@@ -51,8 +51,8 @@ use tokio::sync::Semaphore;
 
 use crate::catalog::{CatalogProvider, Charge, Interval, Plan, Price, ProviderPrice, ProviderProduct};
 use crate::provider::{
-    BillingProvider, CancelAt, CheckoutRequest, Customer, Discount, HostedSession, Invoice, InvoiceLine,
-    NewSubscription, Proration, ProviderError, Subscription, SubscriptionChange, UsageEvent,
+    BillingProvider, CancelAt, CancellationReason, CheckoutRequest, Customer, Discount, HostedSession, Invoice,
+    InvoiceLine, NewSubscription, Proration, ProviderError, Subscription, SubscriptionChange, UsageEvent,
 };
 
 /// The API version requests are pinned to.
@@ -654,6 +654,124 @@ impl BillingProvider for Stripe {
             }
         };
         subscription_of(&v)
+    }
+
+    async fn cancel_with_reason(
+        &self,
+        id: &str,
+        at: CancelAt,
+        reason: &CancellationReason,
+    ) -> Result<Subscription, ProviderError> {
+        let mut details = Vec::new();
+        if let Some(f) = &reason.feedback {
+            details.push(("cancellation_details[feedback]".to_owned(), f.clone()));
+        }
+        if let Some(c) = &reason.comment {
+            details.push(("cancellation_details[comment]".to_owned(), c.clone()));
+        }
+        let path = format!("/v1/subscriptions/{}", checked(id)?);
+        let v = match at {
+            CancelAt::Now => {
+                // DELETE takes its parameters in the query string.
+                let query = encode_form(&details);
+                let path = if query.is_empty() {
+                    path
+                } else {
+                    format!("{path}?{query}")
+                };
+                self.call(reqwest::Method::DELETE, &path, &[], Some(&fresh_key("cancel")))
+                    .await?
+                    .ok_or_else(|| ProviderError::NotFound(id.to_owned()))?
+            }
+            CancelAt::PeriodEnd => {
+                details.push(("cancel_at_period_end".to_owned(), "true".to_owned()));
+                self.post(&path, &details, &fresh_key("cancel")).await?
+            }
+        };
+        subscription_of(&v)
+    }
+
+    async fn schedule_change(&self, id: &str, change: &SubscriptionChange) -> Result<Subscription, ProviderError> {
+        let sub = self
+            .get(&format!("/v1/subscriptions/{}", checked(id)?))
+            .await?
+            .ok_or_else(|| ProviderError::NotFound(id.to_owned()))?;
+        let schedule = match sub["schedule"].as_str() {
+            Some(s) => self
+                .get(&format!("/v1/subscription_schedules/{}", checked(s)?))
+                .await?
+                .ok_or_else(|| ProviderError::NotFound(s.to_owned()))?,
+            None => {
+                let form = [("from_subscription".to_owned(), id.to_owned())];
+                self.post("/v1/subscription_schedules", &form, &fresh_key("schedule"))
+                    .await?
+            }
+        };
+        let sched_id = schedule["id"]
+            .as_str()
+            .ok_or_else(|| ProviderError::Refused("the schedule came back without an id".into()))?
+            .to_owned();
+        // The current phase as it is, then the changed one; the schedule releases the
+        // subscription once the change applied.
+        let current = &schedule["phases"][0];
+        let item = &current["items"][0];
+        let price_now = item["price"]
+            .as_str()
+            .or_else(|| item["price"]["id"].as_str())
+            .unwrap_or_default()
+            .to_owned();
+        let quantity_now = item["quantity"].as_u64().unwrap_or(1);
+        let (name, price_next) = match &change.price {
+            Some(p) => self.price_field(p).await?,
+            None => ("price", price_now.clone()),
+        };
+        let mut form = vec![
+            ("end_behavior".to_owned(), "release".to_owned()),
+            ("phases[0][items][0][price]".into(), price_now),
+            ("phases[0][items][0][quantity]".into(), quantity_now.to_string()),
+            (
+                "phases[0][start_date]".into(),
+                current["start_date"].as_i64().unwrap_or_default().to_string(),
+            ),
+            (
+                "phases[0][end_date]".into(),
+                current["end_date"].as_i64().unwrap_or_default().to_string(),
+            ),
+            (format!("phases[1][items][0][{name}]"), price_next),
+            (
+                "phases[1][items][0][quantity]".into(),
+                change.quantity.unwrap_or(quantity_now).to_string(),
+            ),
+        ];
+        if change.proration != Proration::CreateProrations {
+            form.push((
+                "phases[1][proration_behavior]".into(),
+                change.proration.as_str().to_owned(),
+            ));
+        }
+        self.post(
+            &format!("/v1/subscription_schedules/{sched_id}"),
+            &form,
+            &fresh_key("schedule"),
+        )
+        .await?;
+        self.subscription(id)
+            .await?
+            .ok_or_else(|| ProviderError::NotFound(id.to_owned()))
+    }
+
+    async fn unschedule_change(&self, id: &str) -> Result<Subscription, ProviderError> {
+        let sub = self
+            .get(&format!("/v1/subscriptions/{}", checked(id)?))
+            .await?
+            .ok_or_else(|| ProviderError::NotFound(id.to_owned()))?;
+        if let Some(s) = sub["schedule"].as_str() {
+            let path = format!("/v1/subscription_schedules/{}/release", checked(s)?);
+            self.post(&path, &[], &fresh_key("release")).await?;
+        }
+        self.subscription(id)
+            .await?
+            .ok_or_else(|| ProviderError::NotFound(id.to_owned()))
     }
 
     async fn resume_subscription(&self, id: &str) -> Result<Subscription, ProviderError> {

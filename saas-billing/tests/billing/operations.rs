@@ -601,3 +601,57 @@ async fn per_seat_subscriptions_follow_the_members() {
         "nothing to change the second time"
     );
 }
+
+#[tokio::test]
+async fn a_downgrade_waits_for_the_period_end_and_a_cancellation_keeps_its_reason() {
+    use saas_billing::provider::CancellationReason;
+
+    let mut w = World::new().await;
+    let tenant = TenantId::new();
+    let customer = customer_for(&w.platform, &*w.sim, tenant, None).await.unwrap();
+    w.sim.set_payment_method(&customer, true).unwrap();
+    let sub = w
+        .sim
+        .create_subscription(&NewSubscription::new(tenant, &customer, "business_seat").quantity(3))
+        .await
+        .unwrap()
+        .id;
+    w.deliver().await;
+    // Downgrade to Pro at the period's end: nothing changes now, nothing is invoiced.
+    let down = SubscriptionChange::price("pro_monthly").with_quantity(1);
+    let now = w.sim.schedule_change(&sub, &down).await.unwrap();
+    assert_eq!(
+        (now.price_lookup_key.as_deref(), now.quantity),
+        (Some("business_seat"), 3)
+    );
+    assert!(!w.deliver().await.contains(&"invoice.paid".to_owned()));
+    w.sim.advance(Duration::days(30));
+    w.deliver().await;
+    assert_eq!(
+        w.mirror(&sub).await,
+        ("active".into(), Some("pro_monthly".into()), 1, false)
+    );
+    let renewal = w.sim.events().into_iter().rfind(|e| e.kind == "invoice.paid").unwrap();
+    assert_eq!(renewal.object["amount_paid"], 3000, "the new period at the new price");
+    // A change scheduled, then dropped: the renewal keeps the terms.
+    w.sim
+        .schedule_change(&sub, &SubscriptionChange::price("pro_annual"))
+        .await
+        .unwrap();
+    w.sim.unschedule_change(&sub).await.unwrap();
+    w.sim.advance(Duration::days(30));
+    w.deliver().await;
+    assert_eq!(w.mirror(&sub).await.1.as_deref(), Some("pro_monthly"));
+
+    let reason = CancellationReason {
+        feedback: Some("too_expensive".into()),
+        comment: Some("we only need it in spring".into()),
+    };
+    w.sim
+        .cancel_with_reason(&sub, CancelAt::PeriodEnd, &reason)
+        .await
+        .unwrap();
+    assert_eq!(w.sim.cancellation_reason(&sub), Some(reason));
+    w.deliver().await;
+    assert!(w.mirror(&sub).await.3);
+}

@@ -631,7 +631,14 @@ async fn current_api_calls_send_the_parameters_stripe_names() {
                     ("POST", "/v1/billing_portal/sessions") => serde_json::json!({
                         "id": "bps_1", "object": "billing_portal.session",
                         "url": "https://billing.stripe.com/p/session/test_1"}),
-                    ("GET" | "POST", "/v1/subscriptions/sub_1" | "/v1/subscriptions/sub_1/resume") => subscription,
+                    ("GET" | "POST" | "DELETE", "/v1/subscriptions/sub_1" | "/v1/subscriptions/sub_1/resume") => {
+                        subscription
+                    }
+                    ("POST", "/v1/subscription_schedules" | "/v1/subscription_schedules/sub_sched_1") => {
+                        serde_json::json!({"id": "sub_sched_1", "object": "subscription_schedule",
+                            "phases": [{"start_date": 1_767_225_600, "end_date": 1_769_904_000,
+                                        "items": [{"price": "price_pro", "quantity": 1}]}]})
+                    }
                     ("POST", "/v1/subscriptions") => {
                         return (
                             http::StatusCode::BAD_REQUEST,
@@ -773,6 +780,52 @@ async fn current_api_calls_send_the_parameters_stripe_names() {
 
     stripe.resume_subscription("sub_1").await.unwrap();
     assert_eq!(last().1, "/v1/subscriptions/sub_1/resume");
+
+    // A downgrade at the period's end: a schedule from the subscription, its current
+    // phase kept, the next one on the new price, released after.
+    stripe
+        .schedule_change("sub_1", &SubscriptionChange::price("team_monthly").with_quantity(2))
+        .await
+        .unwrap();
+    let writes: Vec<_> = seen.lock().unwrap().iter().filter(|s| s.0 == "POST").cloned().collect();
+    let created = &writes[writes.len() - 2];
+    assert_eq!(created.1, "/v1/subscription_schedules");
+    assert_eq!(decoded(&created.3), pairs(&[("from_subscription", "sub_1")]));
+    let updated = &writes[writes.len() - 1];
+    assert_eq!(updated.1, "/v1/subscription_schedules/sub_sched_1");
+    assert_eq!(
+        decoded(&updated.3),
+        pairs(&[
+            ("end_behavior", "release"),
+            ("phases[0][items][0][price]", "price_pro"),
+            ("phases[0][items][0][quantity]", "1"),
+            ("phases[0][start_date]", "1767225600"),
+            ("phases[0][end_date]", "1769904000"),
+            ("phases[1][items][0][price]", "price_team"),
+            ("phases[1][items][0][quantity]", "2"),
+        ])
+    );
+
+    // Canceling now with the customer's reason: DELETE with it in the query string.
+    stripe
+        .cancel_with_reason(
+            "sub_1",
+            saas_billing::provider::CancelAt::Now,
+            &saas_billing::provider::CancellationReason {
+                feedback: Some("too_expensive".into()),
+                comment: None,
+            },
+        )
+        .await
+        .unwrap();
+    let (method, path, _, _) = last();
+    assert_eq!(
+        (method.as_str(), path.as_str()),
+        (
+            "DELETE",
+            "/v1/subscriptions/sub_1?cancellation_details%5Bfeedback%5D=too_expensive"
+        )
+    );
 
     let at = chrono::DateTime::from_timestamp(1_767_225_600, 0).unwrap();
     stripe
