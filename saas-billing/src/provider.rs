@@ -82,6 +82,30 @@ pub enum Discount {
     PromotionCode(String),
 }
 
+/// What happens when a trial ends without a payment method (Stripe's
+/// `trial_settings[end_behavior][missing_payment_method]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TrialEnd {
+    /// The subscription is paused until a payment method is added (the default here).
+    #[default]
+    Pause,
+    /// The subscription is canceled.
+    Cancel,
+    /// An invoice is created and the subscription goes past due.
+    CreateInvoice,
+}
+
+impl TrialEnd {
+    /// Stripe's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pause => "pause",
+            Self::Cancel => "cancel",
+            Self::CreateInvoice => "create_invoice",
+        }
+    }
+}
+
 /// A hosted checkout page that starts a subscription. Build with [`CheckoutRequest::new`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -96,6 +120,8 @@ pub struct CheckoutRequest {
     pub quantity: u64,
     /// A trial, in days.
     pub trial_days: Option<u32>,
+    /// What the trial's end does without a payment method.
+    pub trial_end: TrialEnd,
     /// A discount applied up front.
     pub discount: Option<Discount>,
     /// Whether the page offers a promotion-code field (not with `discount`: Stripe takes one or the other).
@@ -115,6 +141,7 @@ impl CheckoutRequest {
             price: price.to_owned(),
             quantity: 1,
             trial_days: None,
+            trial_end: TrialEnd::default(),
             discount: None,
             allow_promotion_codes: false,
             success_url: success_url.to_owned(),
@@ -131,6 +158,12 @@ impl CheckoutRequest {
     /// A trial of `days` days.
     pub fn trial_days(mut self, days: u32) -> Self {
         self.trial_days = Some(days);
+        self
+    }
+
+    /// What the trial's end does without a payment method.
+    pub fn trial_end(mut self, end: TrialEnd) -> Self {
+        self.trial_end = end;
         self
     }
 
@@ -171,6 +204,8 @@ pub struct NewSubscription {
     pub quantity: u64,
     /// A trial, in days.
     pub trial_days: Option<u32>,
+    /// What the trial's end does without a payment method.
+    pub trial_end: TrialEnd,
     /// A discount.
     pub discount: Option<Discount>,
 }
@@ -184,6 +219,7 @@ impl NewSubscription {
             price: price.to_owned(),
             quantity: 1,
             trial_days: None,
+            trial_end: TrialEnd::default(),
             discount: None,
         }
     }
@@ -197,6 +233,12 @@ impl NewSubscription {
     /// A trial of `days` days.
     pub fn trial_days(mut self, days: u32) -> Self {
         self.trial_days = Some(days);
+        self
+    }
+
+    /// What the trial's end does without a payment method.
+    pub fn trial_end(mut self, end: TrialEnd) -> Self {
+        self.trial_end = end;
         self
     }
 
@@ -243,6 +285,8 @@ pub struct SubscriptionChange {
     pub proration: Proration,
     /// Set or undo cancellation at the end of the period.
     pub cancel_at_period_end: Option<bool>,
+    /// A coupon or promotion code for an existing subscription.
+    pub discount: Option<Discount>,
 }
 
 impl SubscriptionChange {
@@ -258,6 +302,14 @@ impl SubscriptionChange {
     pub fn quantity(n: u64) -> Self {
         Self {
             quantity: Some(n),
+            ..Self::default()
+        }
+    }
+
+    /// Applies a coupon or promotion code.
+    pub fn discount(discount: Discount) -> Self {
+        Self {
+            discount: Some(discount),
             ..Self::default()
         }
     }

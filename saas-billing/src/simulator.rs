@@ -36,6 +36,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use chrono::{DateTime, Duration, Utc};
+
+use crate::provider::TrialEnd;
 use saas_core::TenantId;
 use saas_core::clock::{Clock, ManualClock};
 
@@ -92,6 +94,8 @@ struct Sim {
     trial_warned: bool,
     /// A change waiting for the end of the period.
     scheduled: Option<SubscriptionChange>,
+    /// What the trial's end does without a payment method.
+    trial_end_behavior: TrialEnd,
     /// Why it was canceled, if the customer said.
     cancellation: Option<CancellationReason>,
     /// When the unpaid invoice first failed (past due / incomplete).
@@ -222,6 +226,7 @@ impl Simulator {
         self.with(|s, now| {
             if let Some(sim) = s.subs.get_mut(&sub) {
                 sim.sub.quantity = req.quantity;
+                sim.trial_end_behavior = req.trial_end;
             }
             if let Some(d) = &req.discount {
                 s.discounts.insert(sub.clone(), d.clone());
@@ -237,6 +242,11 @@ impl Simulator {
             );
         });
         Ok(sub)
+    }
+
+    /// The discount applied to `subscription`, if any (recorded, not applied to amounts).
+    pub fn discount_of(&self, subscription: &str) -> Option<Discount> {
+        self.with(|s, _| s.discounts.get(subscription).cloned())
     }
 
     /// The reason given when `subscription` was canceled, if any.
@@ -331,6 +341,7 @@ impl Simulator {
                 terms: s.terms_of(lookup_key),
                 trial_warned: false,
                 scheduled: None,
+                trial_end_behavior: TrialEnd::Pause,
                 cancellation: None,
                 failed_at: None,
                 retries: 0,
@@ -728,10 +739,17 @@ impl State {
                 sim.sub.status = Canceled;
                 self.emit_sub("customer.subscription.deleted", id, now);
             }
-            Trialing if pm.is_none() => {
-                sim.sub.status = Paused;
-                self.emit_sub("customer.subscription.paused", id, now);
-            }
+            Trialing if pm.is_none() => match sim.trial_end_behavior {
+                TrialEnd::Pause => {
+                    sim.sub.status = Paused;
+                    self.emit_sub("customer.subscription.paused", id, now);
+                }
+                TrialEnd::Cancel => {
+                    sim.sub.status = Canceled;
+                    self.emit_sub("customer.subscription.deleted", id, now);
+                }
+                TrialEnd::CreateInvoice => self.charge(id, now, "customer.subscription.updated"),
+            },
             Trialing | Active => {
                 if let Some(change) = sim.scheduled.take() {
                     if let Some(p) = &change.price {
@@ -884,6 +902,7 @@ impl BillingProvider for Simulator {
             }
             let sim = s.subs.get_mut(&id).ok_or_else(|| ProviderError::NotFound(id.clone()))?;
             sim.sub.quantity = req.quantity;
+            sim.trial_end_behavior = req.trial_end;
             Ok(sim.sub.clone())
         })
     }
@@ -917,6 +936,12 @@ impl BillingProvider for Simulator {
             if let Some(c) = change.cancel_at_period_end {
                 sim.sub.cancel_at_period_end = c;
             }
+            if let Some(d) = &change.discount {
+                s.discounts.insert(id.to_owned(), d.clone());
+            }
+            let Some(sim) = s.subs.get_mut(id) else {
+                return Err(ProviderError::NotFound(id.to_owned()));
+            };
             if interval_changed && sim.sub.status == SubscriptionStatus::Active {
                 // A new billing period starts now.
                 sim.sub.current_period_start = Some(now);

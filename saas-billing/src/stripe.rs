@@ -236,6 +236,10 @@ impl Stripe {
         if let Some(c) = change.cancel_at_period_end {
             form.push((field("cancel_at_period_end"), c.to_string()));
         }
+        if let Some(d) = &change.discount {
+            // A preview takes the discount at its top level too.
+            form.push(discount_field(d, ""));
+        }
         Ok(form)
     }
 
@@ -559,6 +563,10 @@ impl BillingProvider for Stripe {
         ];
         if let Some(days) = req.trial_days {
             form.push(("subscription_data[trial_period_days]".into(), days.to_string()));
+            form.push((
+                "subscription_data[trial_settings][end_behavior][missing_payment_method]".into(),
+                req.trial_end.as_str().to_owned(),
+            ));
         }
         if let Some(d) = &req.discount {
             form.push(discount_field(d, ""));
@@ -595,6 +603,10 @@ impl BillingProvider for Stripe {
         ];
         if let Some(days) = req.trial_days {
             form.push(("trial_period_days".into(), days.to_string()));
+            form.push((
+                "trial_settings[end_behavior][missing_payment_method]".into(),
+                req.trial_end.as_str().to_owned(),
+            ));
         }
         if let Some(d) = &req.discount {
             form.push(discount_field(d, ""));

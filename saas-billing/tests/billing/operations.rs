@@ -655,3 +655,34 @@ async fn a_downgrade_waits_for_the_period_end_and_a_cancellation_keeps_its_reaso
     w.deliver().await;
     assert!(w.mirror(&sub).await.3);
 }
+
+#[tokio::test]
+async fn a_trial_ends_as_configured_and_coupons_apply_to_running_subscriptions() {
+    use saas_billing::provider::TrialEnd;
+
+    let mut w = World::new().await;
+    let mut subs = Vec::new();
+    for end in [TrialEnd::Pause, TrialEnd::Cancel, TrialEnd::CreateInvoice] {
+        let tenant = TenantId::new();
+        let customer = customer_for(&w.platform, &*w.sim, tenant, None).await.unwrap();
+        let req = NewSubscription::new(tenant, &customer, "pro_monthly")
+            .trial_days(7)
+            .trial_end(end);
+        subs.push(w.sim.create_subscription(&req).await.unwrap().id);
+    }
+    w.sim.advance(Duration::days(8));
+    w.deliver().await;
+    let statuses: Vec<String> = futures_util::future::join_all(subs.iter().map(|s| w.mirror(s)))
+        .await
+        .into_iter()
+        .map(|m| m.0)
+        .collect();
+    assert_eq!(statuses, ["paused", "canceled", "past_due"]);
+
+    let coupon = Discount::Coupon("SPRING25".into());
+    w.sim
+        .update_subscription(&subs[0], &SubscriptionChange::discount(coupon.clone()))
+        .await
+        .unwrap();
+    assert_eq!(w.sim.discount_of(&subs[0]), Some(coupon));
+}

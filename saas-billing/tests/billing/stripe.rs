@@ -703,6 +703,7 @@ async fn current_api_calls_send_the_parameters_stripe_names() {
                 "0190b2c4-0000-7000-8000-000000000001"
             ),
             ("subscription_data[trial_period_days]", "14"),
+            ("subscription_data[trial_settings][end_behavior][missing_payment_method]", "pause"),
             ("discounts[0][promotion_code]", "promo_1"),
             ("success_url", "https://app.test/ok"),
             ("cancel_url", "https://app.test/no"),
@@ -748,6 +749,9 @@ async fn current_api_calls_send_the_parameters_stripe_names() {
     );
 
     // An upgrade invoiced now replaces the first item's price.
+    let coupon = SubscriptionChange::discount(Discount::Coupon("SPRING25".into()));
+    stripe.update_subscription("sub_1", &coupon).await.unwrap();
+    assert_eq!(decoded(&last().3), pairs(&[("discounts[0][coupon]", "SPRING25")]));
     let change = SubscriptionChange::price("team_monthly").proration(Proration::AlwaysInvoice);
     stripe.update_subscription("sub_1", &change).await.unwrap();
     let (method, path, key, body) = last();
@@ -854,9 +858,21 @@ async fn current_api_calls_send_the_parameters_stripe_names() {
 
     // Stripe's refusal to mix currencies comes back typed.
     let err = stripe
-        .create_subscription(&NewSubscription::new(tenant, "cus_1", "pro_monthly"))
+        .create_subscription(
+            &NewSubscription::new(tenant, "cus_1", "pro_monthly")
+                .trial_days(7)
+                .trial_end(saas_billing::provider::TrialEnd::Cancel),
+        )
         .await
         .unwrap_err();
+    let sent = decoded(&last().3);
+    for field in [
+        ("trial_period_days", "7"),
+        ("trial_settings[end_behavior][missing_payment_method]", "cancel"),
+        ("items[0][price]", "price_pro"),
+    ] {
+        assert!(sent.contains(&(field.0.into(), field.1.into())), "{sent:?}");
+    }
     assert!(
         matches!(&err, saas_billing::ProviderError::CurrencyMismatch { has, .. } if has == "eur"),
         "{err}"
