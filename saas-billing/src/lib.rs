@@ -16,8 +16,11 @@
 //! | [`Simulator`] | an in-memory provider (not Stripe) that walks Stripe's lifecycles on a `ManualClock` and emits Stripe's events |
 //! | `stripe` (feature `stripe`) | the Stripe client: idempotency keys, retries honouring `Retry-After`, a cap on requests in flight, a redacted key |
 //! | [`customers`] | a tenant whose deletion is requested stops paying |
-//!
-//! Entitlements and usage metering come with the next part (see the crate's CHANGELOG).
+//! | [`entitlements`] | what a tenant may use, answered from memory: plan, access policy, overrides and grants; usage counted once; the 402 route layer; seats for invitations; flag targeting |
+//! | [`usage`] | metered usage sent to the provider's meters, once per usage |
+//! | [`seats`] | per-seat subscriptions follow the member count |
+//! | [`notify`] | failed payments, payments needing action and ending trials emailed to the tenant's owners |
+//! | [`summary`] | a tenant's and the platform's billing at a glance (MRR, statuses, trials ending, invoices) |
 //!
 //! ## Receive Stripe's webhooks
 //!

@@ -1,7 +1,7 @@
 //! Entitlements: what a tenant may use, answered from memory.
 //!
-//! A tenant's entitlements follow from its plan (the code [`Catalog`]), its
-//! subscription's status through the [`AccessPolicy`] (grace period, lapsed fallback,
+//! A tenant's entitlements follow from its plan (the code [`Catalog`](crate::Catalog)), its
+//! subscription's status through the [`AccessPolicy`](crate::AccessPolicy) (grace period, lapsed fallback,
 //! read-only), and the overrides and time-limited grants staff made to it — the most
 //! generous value wins. [`Entitlements`] keeps them per tenant in memory, with the usage
 //! of each limited or metered feature, and answers [`Entitlements::check`] with a

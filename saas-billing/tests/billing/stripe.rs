@@ -703,7 +703,10 @@ async fn current_api_calls_send_the_parameters_stripe_names() {
                 "0190b2c4-0000-7000-8000-000000000001"
             ),
             ("subscription_data[trial_period_days]", "14"),
-            ("subscription_data[trial_settings][end_behavior][missing_payment_method]", "pause"),
+            (
+                "subscription_data[trial_settings][end_behavior][missing_payment_method]",
+                "pause"
+            ),
             ("discounts[0][promotion_code]", "promo_1"),
             ("success_url", "https://app.test/ok"),
             ("cancel_url", "https://app.test/no"),
