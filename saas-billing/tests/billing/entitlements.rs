@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use chrono::{Duration, TimeZone, Utc};
+use chrono::{Datelike, Duration, TimeZone, Utc};
 use saas_billing::catalog::{Catalog, Feature, Plan, Price};
 use saas_billing::entitlements::{Entitlements, Grant, GrantKind, GrantValue, Reason, SubscriptionState, TenantState};
 use saas_billing::{AccessPolicy, Lapsed, SubscriptionStatus};
@@ -542,4 +542,162 @@ async fn metered_usage_reaches_the_providers_meter_once() {
         .await
         .unwrap();
     assert_eq!(waiting, 1, "the tenant without a customer waits for one");
+}
+
+/// One generated tenant: (subscription: status index, price index, days since), grants
+/// (feature index, kind, amount, starts in days, lasts days), api calls used this period.
+type GenTenant = (
+    Option<(usize, usize, i64)>,
+    Vec<(usize, bool, u64, i64, Option<i64>)>,
+    u64,
+);
+
+#[test]
+fn the_snapshot_loaded_from_the_database_decides_as_the_inputs_say() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+    use saas_tenancy::PlatformPool;
+
+    const STATUSES: [SubscriptionStatus; 8] = [
+        SubscriptionStatus::Incomplete,
+        SubscriptionStatus::IncompleteExpired,
+        SubscriptionStatus::Trialing,
+        SubscriptionStatus::Active,
+        SubscriptionStatus::PastDue,
+        SubscriptionStatus::Unpaid,
+        SubscriptionStatus::Paused,
+        SubscriptionStatus::Canceled,
+    ];
+    const PRICES: [&str; 3] = ["pro_monthly", "business_seat", "retired_price"];
+    const FEATURES: [&str; 4] = ["sso", "projects", "api_calls", "support_tier"];
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let db = rt.block_on(async { crate::db().await });
+    let platform = PlatformPool::new(db.platform().clone());
+    let tenant_strategy = (
+        proptest::option::of((0..8usize, 0..3usize, 0..20i64)),
+        proptest::collection::vec(
+            (
+                0..4usize,
+                any::<bool>(),
+                0..200u64,
+                -5..5i64,
+                proptest::option::of(1..10i64),
+            ),
+            0..3,
+        ),
+        0..150_000u64,
+    );
+    let mut runner = TestRunner::new(Config {
+        cases: 24,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    runner
+        .run(&proptest::collection::vec(tenant_strategy, 1..5), |tenants: Vec<GenTenant>| {
+            rt.block_on(async {
+                let clock = ManualClock::new(Utc::now());
+                let now = clock.now();
+                let direct = Entitlements::new(catalog(), AccessPolicy::new("free"), Arc::new(clock.clone()));
+                let mut ids = Vec::new();
+                for (sub, grants, used) in &tenants {
+                    let t = TenantId::new();
+                    ids.push(t);
+                    let mut state = TenantState::default();
+                    let anchor = match sub {
+                        Some((status, price, days)) => {
+                            let since = now - Duration::days(*days);
+                            sqlx::query(
+                                "INSERT INTO saas.billing_subscriptions (tenant_id, subscription_id, customer_id, status, \
+                                 status_since, price_lookup_key, quantity, current_period_start) \
+                                 VALUES ($1, $2, 'cus_prop', $3, $4, $5, 1, $4)",
+                            )
+                            .bind(t)
+                            .bind(format!("sub_{}", t.as_uuid().simple()))
+                            .bind(STATUSES[*status].as_str())
+                            .bind(since)
+                            .bind(PRICES[*price])
+                            .execute(db.platform())
+                            .await
+                            .unwrap();
+                            state.subscription = Some(SubscriptionState {
+                                status: STATUSES[*status],
+                                since,
+                                price_lookup_key: Some(PRICES[*price].into()),
+                                period_start: Some(since),
+                            });
+                            since
+                        }
+                        None => Utc.with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0).unwrap(),
+                    };
+                    for (f, is_override, amount, starts, lasts) in grants {
+                        let starts_at = now + Duration::days(*starts);
+                        let ends_at = if *is_override { lasts.map(|l| starts_at + Duration::days(l)) } else {
+                            Some(starts_at + Duration::days(lasts.unwrap_or(3)))
+                        };
+                        let value = match FEATURES[*f] {
+                            "sso" => GrantValue::Switch(amount % 2 == 0),
+                            "support_tier" => GrantValue::Tier(["email", "priority", "dedicated"][(*amount % 3) as usize].into()),
+                            _ => GrantValue::Amount(*amount * 1_000),
+                        };
+                        let (switch, amount_col, tier) = match &value {
+                            GrantValue::Switch(s) => (Some(*s), None, None),
+                            GrantValue::Amount(a) => (None, Some(*a as i64), None),
+                            GrantValue::Tier(t) => (None, None, Some(t.clone())),
+                        };
+                        if ends_at.is_some_and(|e| e <= now) {
+                            continue; // already over: the loader skips it too
+                        }
+                        sqlx::query(
+                            "INSERT INTO saas.billing_entitlement_grants \
+                             (tenant_id, feature, kind, switch, amount, tier, starts_at, ends_at, reason) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'property test')",
+                        )
+                        .bind(t)
+                        .bind(FEATURES[*f])
+                        .bind(if *is_override { "override" } else { "grant" })
+                        .bind(switch)
+                        .bind(amount_col)
+                        .bind(tier)
+                        .bind(starts_at)
+                        .bind(ends_at)
+                        .execute(db.platform())
+                        .await
+                        .unwrap();
+                        state.grants.push(Grant {
+                            feature: FEATURES[*f].into(),
+                            kind: if *is_override { GrantKind::Override } else { GrantKind::Grant },
+                            value,
+                            starts_at,
+                            ends_at,
+                        });
+                    }
+                    if *used > 0 {
+                        let mut tx = saas_tenancy::TenantTx::begin(db.app(), t).await.unwrap();
+                        saas_billing::entitlements::record_usage(&mut tx, "api_calls", "prop-1", *used, anchor)
+                            .await
+                            .unwrap();
+                        tx.commit().await.unwrap();
+                        state.usage.push(("api_calls".into(), anchor, *used));
+                    }
+                    direct.put(t, state);
+                }
+                let loaded = Entitlements::load(&platform, catalog(), AccessPolicy::new("free"), Arc::new(clock.clone()))
+                    .await
+                    .unwrap();
+                for t in &ids {
+                    for f in FEATURES {
+                        for amount in [0, 1, 5_000] {
+                            prop_assert_eq!(loaded.check(*t, f, amount), direct.check(*t, f, amount), "{} {}", f, amount);
+                        }
+                        prop_assert_eq!(loaded.tier(*t, f), direct.tier(*t, f));
+                    }
+                    prop_assert_eq!(loaded.plan(*t), direct.plan(*t));
+                }
+                Ok(())
+            })
+        })
+        .unwrap();
 }
