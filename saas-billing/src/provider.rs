@@ -498,6 +498,12 @@ pub trait BillingProvider: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<Invoice>, ProviderError>> + Send;
     /// The invoice `id`, or `None` if the provider does not know it.
     fn invoice(&self, id: &str) -> impl Future<Output = Result<Option<Invoice>, ProviderError>> + Send;
+    /// The lookup keys of the features the provider says `customer` has now (Stripe's
+    /// active entitlements). A provider without such features answers none.
+    fn active_entitlements(&self, customer: &str) -> impl Future<Output = Result<Vec<String>, ProviderError>> + Send {
+        let _ = customer;
+        std::future::ready(Ok(Vec::new()))
+    }
     /// Reports usage to a meter; the same identifier twice counts once.
     fn report_usage(&self, event: &UsageEvent) -> impl Future<Output = Result<(), ProviderError>> + Send;
 }

@@ -126,6 +126,8 @@ struct State {
     usage: BTreeMap<String, UsageEvent>,
     discounts: BTreeMap<String, Discount>,
     products: BTreeMap<String, ProviderProduct>,
+    /// Lookup key → the switches its plan grants (what Stripe's product features would be).
+    price_switches: BTreeMap<String, Vec<String>>,
     price_objects: BTreeMap<String, ProviderPrice>,
 }
 
@@ -201,6 +203,14 @@ impl Simulator {
     pub fn with_catalog(self, catalog: &Catalog) -> Self {
         self.with(|s, _| {
             for plan in catalog.plans().iter().filter(|p| !p.is_free()) {
+                let switches: Vec<String> = plan
+                    .features()
+                    .filter(|(_, f)| **f == crate::catalog::Feature::On)
+                    .map(|(n, _)| n.to_owned())
+                    .collect();
+                for price in plan.prices() {
+                    s.price_switches.insert(price.lookup_key().to_owned(), switches.clone());
+                }
                 let product = s.install_product(plan);
                 for price in plan.prices() {
                     s.install_price(&product, price, catalog.currency());
@@ -1051,6 +1061,28 @@ impl BillingProvider for Simulator {
 
     async fn invoice(&self, id: &str) -> Result<Option<Invoice>, ProviderError> {
         Ok(self.with(|s, _| s.invoices.get(id).cloned()))
+    }
+
+    async fn active_entitlements(&self, customer: &str) -> Result<Vec<String>, ProviderError> {
+        // Stripe's product features of the live subscriptions (trialing, active, past due).
+        Ok(self.with(|s, _| {
+            let mut out: Vec<String> = s
+                .subs
+                .values()
+                .filter(|sim| sim.sub.customer == customer)
+                .filter(|sim| {
+                    matches!(
+                        sim.sub.status,
+                        SubscriptionStatus::Trialing | SubscriptionStatus::Active | SubscriptionStatus::PastDue
+                    )
+                })
+                .filter_map(|sim| sim.sub.price_lookup_key.as_ref())
+                .flat_map(|k| s.price_switches.get(k).cloned().unwrap_or_default())
+                .collect();
+            out.sort();
+            out.dedup();
+            out
+        }))
     }
 
     async fn report_usage(&self, event: &UsageEvent) -> Result<(), ProviderError> {

@@ -30,6 +30,8 @@
 //! | `resume_subscription` | `POST /v1/subscriptions/{id}/resume` |
 //! | `invoice` | `GET /v1/invoices/{id}` |
 //! | `report_usage` | `POST /v1/billing/meter_events` (the identifier is also the idempotency key) |
+//! | `active_entitlements` | `GET /v1/entitlements/active_entitlements?customer=…` (lookup keys) |
+//! | `schedule_change` | `POST /v1/subscription_schedules` (`from_subscription`), then its phases |
 //!
 //! `proration_behavior` is sent only when it is not Stripe's default (`create_prorations`).
 //!
@@ -809,6 +811,16 @@ impl BillingProvider for Stripe {
             .get(&format!("/v1/invoices/{}", checked(id)?))
             .await?
             .map(|v| invoice_of(&v)))
+    }
+
+    async fn active_entitlements(&self, customer: &str) -> Result<Vec<String>, ProviderError> {
+        let path = format!("/v1/entitlements/active_entitlements?customer={}", checked(customer)?);
+        Ok(self
+            .list(&path)
+            .await?
+            .iter()
+            .filter_map(|e| e["lookup_key"].as_str().map(str::to_owned))
+            .collect())
     }
 
     async fn report_usage(&self, event: &UsageEvent) -> Result<(), ProviderError> {

@@ -156,6 +156,21 @@ pub async fn process_event_notifying<P: BillingProvider + ?Sized>(
         (_, None, Some(c)) => provider.subscriptions_of(&c).await?.into_iter().map(|s| s.id).collect(),
         (_, None, None) => Vec::new(),
     };
+    // The provider's own entitlements changed: refresh the tenant's provider features.
+    if event["type"].as_str() == Some("entitlements.active_entitlement_summary.updated")
+        && let Some(c) = str_of(&object["customer"])
+    {
+        let mut tx = SystemTx::begin(platform, "billing-provider-features").await?;
+        let tenant: Option<uuid::Uuid> =
+            sqlx::query_scalar("SELECT tenant_id FROM saas.billing_customers WHERE customer_id = $1")
+                .bind(&c)
+                .fetch_optional(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        if let Some(t) = tenant {
+            crate::entitlements::sync_provider_features(platform, provider, TenantId::from_uuid(t)).await?;
+        }
+    }
     let outcome = if ids.is_empty() {
         Processed::Ignored(format!(
             "ignored: no subscription in a {} event",

@@ -237,6 +237,7 @@ async fn attack_64_a_tenant_cannot_grant_itself_entitlements_or_erase_its_usage(
         "INSERT INTO saas.billing_entitlement_grants (tenant_id, feature, kind, switch, reason) \
          VALUES (saas.current_tenant_id(), 'sso', 'override', true, 'self-service')",
         "UPDATE saas.billing_entitlement_grants SET amount = 1000000",
+        "INSERT INTO saas.billing_provider_features (tenant_id, feature) VALUES (saas.current_tenant_id(), 'sso')",
         "DELETE FROM saas.billing_entitlement_grants",
     ] {
         refused(&mut tx, sql).await;

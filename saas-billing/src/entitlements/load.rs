@@ -96,6 +96,8 @@ pub struct TenantState {
     pub grants: Vec<Grant>,
     /// Usage counted: (feature, period start, used).
     pub usage: Vec<(String, DateTime<Utc>, u64)>,
+    /// The features the provider reports active (used by a [`ProviderSource`](super::ProviderSource)).
+    pub provider_features: Vec<String>,
 }
 
 impl TenantState {
@@ -211,6 +213,19 @@ async fn read_states(
     .bind(only)
     .fetch_all(&mut **tx)
     .await?;
+    let provider: Vec<(uuid::Uuid, String)> = sqlx::query_as(
+        "SELECT tenant_id, feature FROM saas.billing_provider_features WHERE $1::uuid IS NULL OR tenant_id = $1",
+    )
+    .bind(only)
+    .fetch_all(&mut **tx)
+    .await?;
+    for (t, feature) in provider {
+        states
+            .entry(TenantId::from_uuid(t))
+            .or_default()
+            .provider_features
+            .push(feature);
+    }
     for (t, feature, period_start, used) in usage {
         states.entry(TenantId::from_uuid(t)).or_default().usage.push((
             feature,
@@ -230,7 +245,19 @@ impl Entitlements {
         policy: AccessPolicy,
         clock: Arc<dyn Clock>,
     ) -> Result<Arc<Self>, EntitlementsError> {
-        let e = Arc::new(Entitlements::new(catalog, policy, clock));
+        Self::load_with(platform, catalog, policy, clock, Arc::new(super::CatalogSource)).await
+    }
+
+    /// [`load`](Self::load) with the switches decided by `source` (for instance
+    /// [`ProviderSource`](super::ProviderSource): Stripe's own entitlements).
+    pub async fn load_with(
+        platform: &PlatformPool,
+        catalog: Arc<Catalog>,
+        policy: AccessPolicy,
+        clock: Arc<dyn Clock>,
+        source: Arc<dyn super::FeatureSource>,
+    ) -> Result<Arc<Self>, EntitlementsError> {
+        let e = Arc::new(Entitlements::new(catalog, policy, clock).with_source(source));
         e.reload_all(platform).await?;
         Ok(e)
     }

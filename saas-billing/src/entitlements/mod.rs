@@ -27,6 +27,7 @@ mod layer;
 mod load;
 mod seats;
 mod set;
+mod source;
 
 pub use layer::{
     EntitlementsLayer, EntitlementsService, RequireEntitlement, RequireEntitlementService, TenantSnapshot,
@@ -36,3 +37,4 @@ pub use load::{
 };
 pub use seats::Seats;
 pub use set::{Decision, Entitlements, FeatureKey, Reason};
+pub use source::{CatalogSource, FeatureSource, ProviderSource, sync_provider_features};

@@ -12,6 +12,7 @@ use saas_core::TenantId;
 use saas_core::clock::Clock;
 
 use super::load::{GrantKind, GrantValue, TenantState};
+use super::source::{CatalogSource, FeatureSource};
 use crate::access::{AccessPolicy, AccessReason, Mode};
 use crate::catalog::{Catalog, Feature, Period};
 
@@ -301,6 +302,8 @@ pub struct Entitlements {
     pub(super) clock: Arc<dyn Clock>,
     /// Serialises writers (readers never take it).
     write: Mutex<()>,
+    /// Where switches come from.
+    source: Arc<dyn FeatureSource>,
 }
 
 impl std::fmt::Debug for Entitlements {
@@ -348,12 +351,23 @@ impl Entitlements {
             lifeline: saas_core::notify::Lifeline::new(),
             clock,
             write: Mutex::new(()),
+            source: Arc::new(CatalogSource),
         };
         // Row 0: the default.
         let computed = e.compute(&TenantState::default(), e.clock.now());
         e.write_row(&e.snapshot.load(), 0, &computed, true);
         lock(&e.meta).push(computed.meta);
         e
+    }
+
+    /// Takes switches from `source` (the provider's entitlements, say) instead of the
+    /// catalog. Call before loading or putting tenants.
+    pub fn with_source(mut self, source: Arc<dyn FeatureSource>) -> Self {
+        self.source = source;
+        let computed = self.compute(&TenantState::default(), self.clock.now());
+        self.write_row(&self.snapshot.load(), 0, &computed, true);
+        lock(&self.meta)[0] = computed.meta;
+        self
     }
 
     /// The catalog.
@@ -701,7 +715,10 @@ impl Entitlements {
         let (mut cells, mut periods, mut used) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
         for (f, name) in self.index.names.iter().enumerate() {
             let kind = &self.index.kinds[f];
-            let mut value = plan.and_then(|p| p.feature_value(name)).map_or(0, |v| encode(kind, v));
+            let mut value = match kind {
+                Kind::Switch => u64::from(self.source.switch_on(plan, name, &state.provider_features)),
+                _ => plan.and_then(|p| p.feature_value(name)).map_or(0, |v| encode(kind, v)),
+            };
             let mut reason = base;
             for g in state.grants.iter().filter(|g| *g.feature == **name) {
                 earliest(g.starts_at);

@@ -701,3 +701,100 @@ fn the_snapshot_loaded_from_the_database_decides_as_the_inputs_say() {
         })
         .unwrap();
 }
+
+#[tokio::test]
+async fn stripes_own_entitlements_can_decide_the_switches() {
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use saas_billing::entitlements::{ProviderSource, sync_provider_features};
+    use saas_billing::provider::{BillingProvider, NewSubscription};
+    use saas_billing::simulator::Simulator;
+    use saas_billing::sync::process_event;
+    use saas_billing::webhook::{WebhookEndpoint, WebhookSecrets, sign};
+    use saas_tenancy::PlatformPool;
+    use tower::ServiceExt;
+
+    let db = crate::db().await;
+    let platform = PlatformPool::new(db.platform().clone());
+    let clock = ManualClock::new(Utc::now());
+    let sim = Simulator::new(clock.clone()).with_catalog(&catalog());
+    let (paying, free) = (TenantId::new(), TenantId::new());
+    let customer = saas_billing::customer_for(&platform, &sim, paying, None).await.unwrap();
+    sim.set_payment_method(&customer, true).unwrap();
+    let sub = sim
+        .create_subscription(&NewSubscription::new(paying, &customer, "pro_monthly"))
+        .await
+        .unwrap();
+    saas_billing::sync::sync_subscription(&platform, &sim, &sub.id, "test")
+        .await
+        .unwrap();
+    assert_eq!(sim.active_entitlements(&customer).await.unwrap(), ["sso"]);
+
+    // Stripe announces the customer's entitlement summary; processing stores it.
+    let body = serde_json::json!({
+        "id": "evt_ent_1", "object": "event", "type": "entitlements.active_entitlement_summary.updated",
+        "created": clock.now().timestamp(), "livemode": false,
+        "data": {"object": {"object": "entitlements.active_entitlement_summary", "customer": customer,
+                            "entitlements": {"object": "list", "data": []}}}
+    })
+    .to_string();
+    let endpoint =
+        WebhookEndpoint::new(platform.clone(), WebhookSecrets::new("whsec_ent").unwrap()).clock(clock.clone());
+    let req = http::Request::post("/webhooks/stripe")
+        .header(
+            "stripe-signature",
+            sign("whsec_ent", clock.now().timestamp(), body.as_bytes()),
+        )
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    assert_eq!(endpoint.oneshot(req).await.unwrap().status(), 200);
+    process_event(&platform, &sim, "evt_ent_1").await.unwrap();
+    let stored: Vec<String> =
+        sqlx::query_scalar("SELECT feature FROM saas.billing_provider_features WHERE tenant_id = $1")
+            .bind(paying)
+            .fetch_all(db.platform())
+            .await
+            .unwrap();
+    assert_eq!(stored, ["sso"]);
+
+    let provider_decides = Entitlements::load_with(
+        &platform,
+        catalog(),
+        AccessPolicy::new("free"),
+        Arc::new(clock.clone()),
+        Arc::new(ProviderSource),
+    )
+    .await
+    .unwrap();
+    let state = |features: &[&str]| TenantState {
+        provider_features: features.iter().map(|f| (*f).to_owned()).collect(),
+        ..TenantState::default()
+    };
+    assert!(provider_decides.check(paying, "sso", 0).granted, "Stripe lists sso");
+    assert!(!provider_decides.check(free, "sso", 0).granted);
+    provider_decides.put(free, state(&["sso"]));
+    assert!(
+        provider_decides.check(free, "sso", 0).granted,
+        "Stripe decides, whatever the plan"
+    );
+    assert_eq!(
+        provider_decides.check(free, "projects", 1).limit,
+        Some(3),
+        "limits stay the catalog's"
+    );
+    // With the catalog deciding, Stripe's list alone grants nothing.
+    let catalog_decides = Entitlements::new(catalog(), AccessPolicy::new("free"), Arc::new(clock.clone()));
+    catalog_decides.put(free, state(&["sso"]));
+    assert!(!catalog_decides.check(free, "sso", 0).granted);
+
+    // Once the subscription ends, the next summary empties the list.
+    sim.cancel_subscription(&sub.id, saas_billing::provider::CancelAt::Now)
+        .await
+        .unwrap();
+    assert!(
+        sync_provider_features(&platform, &sim, paying)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}

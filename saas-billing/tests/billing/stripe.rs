@@ -656,6 +656,10 @@ async fn current_api_calls_send_the_parameters_stripe_names() {
                              "parent": {"type": "subscription_item_details", "subscription_item_details": {"proration": true, "subscription": "sub_1"}}},
                             {"amount": 3000, "description": "Remaining time on Team",
                              "parent": {"type": "subscription_item_details", "subscription_item_details": {"proration": true, "subscription": "sub_1"}}}]}}),
+                    ("GET", "/v1/entitlements/active_entitlements") => serde_json::json!({
+                        "object": "list", "has_more": false, "data": [
+                            {"id": "ent_1", "object": "entitlements.active_entitlement", "feature": "feat_1",
+                             "livemode": false, "lookup_key": "sso"}]}),
                     ("POST", "/v1/billing/meter_events") => serde_json::json!({
                         "object": "billing.meter_event", "event_name": "api_calls", "identifier": "req_1"}),
                     _ => return (http::StatusCode::NOT_FOUND, "{}".to_owned()),
@@ -787,6 +791,12 @@ async fn current_api_calls_send_the_parameters_stripe_names() {
 
     stripe.resume_subscription("sub_1").await.unwrap();
     assert_eq!(last().1, "/v1/subscriptions/sub_1/resume");
+
+    assert_eq!(stripe.active_entitlements("cus_1").await.unwrap(), ["sso"]);
+    assert_eq!(
+        last().1,
+        "/v1/entitlements/active_entitlements?customer=cus_1&limit=100"
+    );
 
     // A downgrade at the period's end: a schedule from the subscription, its current
     // phase kept, the next one on the new price, released after.
