@@ -679,6 +679,16 @@ impl State {
                 .any(|p| p.active && p.lookup_key.as_deref() == Some(lookup_key))
     }
 
+    /// Refuses a price that is not offered, or in another currency than `customer` pays in.
+    fn check_price(&mut self, customer: &str, lookup_key: &str) -> Result<(), ProviderError> {
+        if !self.offered(lookup_key) {
+            return Err(ProviderError::NotFound(format!(
+                "active price with lookup key {lookup_key}"
+            )));
+        }
+        Ok(self.check_currency(customer, lookup_key)?)
+    }
+
     /// Fixes `customer`'s currency at its first price; refuses a price in another.
     fn check_currency(&mut self, customer: &str, lookup_key: &str) -> Result<(), SimulatorError> {
         let Some(wanted) = self.prices.get(lookup_key).map(|p| p.1.clone()) else {
@@ -921,10 +931,7 @@ impl BillingProvider for Simulator {
         self.with(|s, now| {
             let customer = s.live(id)?.sub.customer.clone();
             if let Some(p) = &change.price {
-                if !s.offered(p) {
-                    return Err(ProviderError::NotFound(format!("active price with lookup key {p}")));
-                }
-                s.check_currency(&customer, p)?;
+                s.check_price(&customer, p)?;
             }
             let prorations = s.proration_lines(id, change, now);
             let new_interval = change.price.as_deref().and_then(|p| s.prices.get(p)).map(|p| p.2);
@@ -1022,10 +1029,7 @@ impl BillingProvider for Simulator {
         self.with(|s, now| {
             let customer = s.live(id)?.sub.customer.clone();
             if let Some(p) = &change.price {
-                if !s.offered(p) {
-                    return Err(ProviderError::NotFound(format!("active price with lookup key {p}")));
-                }
-                s.check_currency(&customer, p)?;
+                s.check_price(&customer, p)?;
             }
             s.live(id)?.scheduled = Some(change.clone());
             s.emit_sub("customer.subscription.updated", id, now);
