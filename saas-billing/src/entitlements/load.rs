@@ -397,3 +397,41 @@ pub async fn record_usage(
             .await?;
     Ok((counted, u64::try_from(total.unwrap_or(0)).unwrap_or(0)))
 }
+
+/// The count behind the `seats` limit: members plus pending invitations (saas-authz's
+/// tables), for [`Entitlements::count_with`].
+pub const SEATS_COUNT: &str = "SELECT (SELECT count(*) FROM saas.memberships WHERE tenant_id = $1) \
+     + (SELECT count(*) FROM saas.invitations WHERE tenant_id = $1 \
+        AND accepted_at IS NULL AND revoked_at IS NULL AND expires_at > now())";
+
+impl Entitlements {
+    /// Counts the limited `feature` from the source of truth with `sql` (the
+    /// application's own query, `$1` the tenant, one `bigint` back), run by
+    /// [`refresh_counts`](Self::refresh_counts). [`SEATS_COUNT`] counts seats.
+    pub fn count_with(&self, feature: &str, sql: &'static str) {
+        crate::entitlements::set::lock_counters(self).push((feature.to_owned(), sql));
+    }
+
+    /// Recounts `tenant`'s limited features from the source of truth (after a change the
+    /// application made, or on a schedule) and tells the set.
+    pub async fn refresh_counts(&self, platform: &PlatformPool, tenant: TenantId) -> Result<(), EntitlementsError> {
+        let counters = crate::entitlements::set::lock_counters(self).clone();
+        if counters.is_empty() {
+            return Ok(());
+        }
+        let mut tx = SystemTx::begin(platform, "entitlements-count").await?;
+        let mut counts = Vec::new();
+        for (feature, sql) in counters {
+            let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .bind(tenant)
+                .fetch_one(&mut *tx)
+                .await?;
+            counts.push((feature, u64::try_from(n).unwrap_or(0)));
+        }
+        tx.commit().await?;
+        for (feature, n) in counts {
+            self.set_count(tenant, &feature, n);
+        }
+        Ok(())
+    }
+}

@@ -33,7 +33,7 @@ pub use layer::{
     EntitlementsLayer, EntitlementsService, RequireEntitlement, RequireEntitlementService, TenantSnapshot,
 };
 pub use load::{
-    CHANNEL, EntitlementsError, Grant, GrantKind, GrantValue, SubscriptionState, TenantState, record_usage,
+    CHANNEL, EntitlementsError, Grant, GrantKind, GrantValue, SEATS_COUNT, SubscriptionState, TenantState, record_usage,
 };
 pub use seats::Seats;
 pub use set::{Decision, Entitlements, FeatureKey, Reason};

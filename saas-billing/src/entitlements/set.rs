@@ -304,6 +304,13 @@ pub struct Entitlements {
     write: Mutex<()>,
     /// Where switches come from.
     source: Arc<dyn FeatureSource>,
+    /// Limited features counted from the source of truth: (feature, SQL).
+    counters: Mutex<Vec<(String, &'static str)>>,
+}
+
+/// The registered count queries of `e`.
+pub(super) fn lock_counters(e: &Entitlements) -> std::sync::MutexGuard<'_, Vec<(String, &'static str)>> {
+    lock(&e.counters)
 }
 
 impl std::fmt::Debug for Entitlements {
@@ -352,6 +359,7 @@ impl Entitlements {
             clock,
             write: Mutex::new(()),
             source: Arc::new(CatalogSource),
+            counters: Mutex::new(Vec::new()),
         };
         // Row 0: the default.
         let computed = e.compute(&TenantState::default(), e.clock.now());

@@ -686,3 +686,64 @@ async fn a_trial_ends_as_configured_and_coupons_apply_to_running_subscriptions()
         .unwrap();
     assert_eq!(w.sim.discount_of(&subs[0]), Some(coupon));
 }
+
+#[tokio::test]
+async fn seats_are_counted_from_members_and_pending_invitations() {
+    use saas_billing::catalog::{Feature, Plan};
+    use saas_billing::entitlements::{Entitlements, SEATS_COUNT};
+
+    let w = World::new().await;
+    let tenant = lifecycle::create(w.db.app(), "counted-co", "Counted Co", UserId::new(), &w.clock)
+        .await
+        .unwrap()
+        .id;
+    for i in 0..2 {
+        let user = UserId::new();
+        sqlx::query(
+            "INSERT INTO saas.users (id, issuer, subject, created_at, updated_at) VALUES ($1, 'test', $2, now(), now())",
+        )
+        .bind(user)
+        .bind(format!("counted-{i}"))
+        .execute(w.db.platform())
+        .await
+        .unwrap();
+        sqlx::query("INSERT INTO saas.memberships (tenant_id, user_id, roles, joined_at) VALUES ($1, $2, ARRAY['member'], now())")
+            .bind(tenant)
+            .bind(user)
+            .execute(w.db.platform())
+            .await
+            .unwrap();
+    }
+    for (email, revoked) in [("pending@counted.test", false), ("gone@counted.test", true)] {
+        sqlx::query(
+            "INSERT INTO saas.invitations (tenant_id, id, email, role, token_hash, invited_by, created_at, expires_at, \
+             last_sent_at, revoked_at) VALUES ($1, gen_random_uuid(), $2, 'member', decode(repeat('ab', 32), 'hex'), \
+             gen_random_uuid(), now(), now() + interval '7 days', now(), CASE WHEN $3 THEN now() END)",
+        )
+        .bind(tenant)
+        .bind(email)
+        .bind(revoked)
+        .execute(w.db.platform())
+        .await
+        .unwrap();
+    }
+    let catalog = Arc::new(
+        Catalog::new("eur")
+            .plan(Plan::new("free").feature("seats", Feature::Limit(3)))
+            .validate()
+            .unwrap(),
+    );
+    let e = Entitlements::new(
+        catalog,
+        saas_billing::AccessPolicy::new("free"),
+        Arc::new(w.clock.clone()),
+    );
+    e.count_with("seats", SEATS_COUNT);
+    e.refresh_counts(&w.platform, tenant).await.unwrap();
+    let d = e.check(tenant, "seats", 1);
+    assert_eq!(
+        (d.used, d.limit, d.granted),
+        (3, Some(3), false),
+        "two members and one pending invitation"
+    );
+}
