@@ -1073,3 +1073,125 @@ async fn the_catalog_is_pushed_with_the_parameters_stripe_names() {
     assert_eq!(archive.1, pairs(&[("active", "false")]));
     assert_eq!(check(&catalog(3500), &stripe).await.unwrap(), []);
 }
+
+/// The reporting worker of `metered_usage_is_billed_once_across_a_killed_worker`, run as
+/// a child process of the test binary (ignored in a normal run).
+#[tokio::test]
+#[ignore = "run as a child process by metered_usage_is_billed_once_across_a_killed_worker"]
+async fn usage_reporter_child() {
+    let (Ok(db), Ok(stripe)) = (std::env::var("CHILD_DATABASE_URL"), std::env::var("CHILD_STRIPE_URL")) else {
+        return;
+    };
+    let platform = PlatformPool::new(sqlx::PgPool::connect(&db).await.unwrap());
+    let stripe = Stripe::new(KEY).unwrap().base_url(stripe).retries(0);
+    saas_billing::usage::report_usage(&platform, &stripe, &metered_catalog())
+        .await
+        .unwrap();
+}
+
+fn metered_catalog() -> saas_billing::Catalog {
+    use saas_billing::catalog::{Catalog, Feature, Plan, Price};
+    Catalog::new("eur")
+        .plan(
+            Plan::new("pro")
+                .price(Price::metered_monthly("pro_api", "api_calls", 1))
+                .feature("api_calls", Feature::metered_monthly(1_000_000)),
+        )
+        .validate()
+        .unwrap()
+}
+
+/// A worker reporting usage is killed (SIGKILL) while Stripe holds its fourth request;
+/// the events it sent were never marked, so the next run sends them again — with the same
+/// identifiers, which Stripe counts once. The stand-in keeps Stripe's rule (one count per
+/// identifier) and every raw request, so both the resend and the single count show.
+#[tokio::test]
+async fn metered_usage_is_billed_once_across_a_killed_worker() {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    type Seen = Arc<Mutex<(Vec<String>, BTreeMap<String, u64>)>>;
+    let seen: Seen = Arc::default();
+    let hang = Arc::new(AtomicBool::new(true));
+    let (log, stall) = (Arc::clone(&seen), Arc::clone(&hang));
+    let app = axum::Router::new().route(
+        "/v1/billing/meter_events",
+        axum::routing::post(move |body: String| {
+            let (log, stall) = (Arc::clone(&log), Arc::clone(&stall));
+            async move {
+                let form = url_decode_pairs(&body);
+                let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap();
+                let n = {
+                    let mut s = log.lock().unwrap();
+                    s.0.push(get("identifier"));
+                    s.1.entry(get("identifier"))
+                        .or_insert(get("payload[value]").parse().unwrap());
+                    s.0.len()
+                };
+                if n > 3 && stall.load(Ordering::SeqCst) {
+                    // Hold the request until the worker is gone.
+                    tokio::time::sleep(Duration::from_secs(600)).await;
+                }
+                r#"{"object":"billing.meter_event","event_name":"api_calls"}"#.to_owned()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let db = crate::db().await;
+    let platform = PlatformPool::new(db.platform().clone());
+    let tenant = TenantId::new();
+    sqlx::query("INSERT INTO saas.billing_customers (tenant_id, customer_id) VALUES ($1, 'cus_metered')")
+        .bind(tenant)
+        .execute(db.platform())
+        .await
+        .unwrap();
+    let mut expected = 0;
+    for i in 1..=8u64 {
+        let mut tx = saas_tenancy::TenantTx::begin(db.app(), tenant).await.unwrap();
+        saas_billing::entitlements::record_usage(&mut tx, "api_calls", &format!("req-{i}"), i * 10, chrono::Utc::now())
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        expected += i * 10;
+    }
+
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "stripe::usage_reporter_child"])
+        .env("CHILD_DATABASE_URL", db.url(true))
+        .env("CHILD_STRIPE_URL", format!("http://{addr}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while seen.lock().unwrap().0.len() < 4 {
+        assert!(started.elapsed() < Duration::from_secs(60), "the child never reported");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill().unwrap(); // SIGKILL: no cleanup, its transaction dies with its connection
+    child.wait().unwrap();
+    hang.store(false, Ordering::SeqCst);
+
+    let stripe = Stripe::new(KEY).unwrap().base_url(format!("http://{addr}")).retries(0);
+    // PostgreSQL notices the dead connection and releases its locks; then a run sends all.
+    let mut report = saas_billing::usage::UsageReport::default();
+    for _ in 0..100 {
+        report = saas_billing::usage::report_usage(&platform, &stripe, &metered_catalog())
+            .await
+            .unwrap();
+        if report.sent > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(report.sent, 8, "nothing was marked by the killed worker");
+    let (raw, counted) = seen.lock().unwrap().clone();
+    assert_eq!(raw.len(), 4 + 8, "the four the worker sent went again");
+    assert_eq!(counted.len(), 8);
+    assert_eq!(counted.values().sum::<u64>(), expected, "each usage billed once");
+    assert!(counted.keys().all(|k| k.starts_with(&format!("{tenant}:req-"))));
+}
