@@ -95,6 +95,22 @@ impl World {
         kinds
     }
 
+    /// A user (written as the platform: users are not a tenant's to create).
+    async fn user(&self, subject: &str, email: Option<&str>) -> UserId {
+        let user = UserId::new();
+        sqlx::query(
+            "INSERT INTO saas.users (id, issuer, subject, email, created_at, updated_at) \
+             VALUES ($1, 'test', $2, $3, now(), now())",
+        )
+        .bind(user)
+        .bind(subject)
+        .bind(email)
+        .execute(self.db.platform())
+        .await
+        .unwrap();
+        user
+    }
+
     async fn mirror(&self, sub: &str) -> (String, Option<String>, i64, bool) {
         sqlx::query_as(
             "SELECT status, price_lookup_key, quantity, cancel_at_period_end \
@@ -375,25 +391,13 @@ async fn failed_payments_and_ending_trials_email_the_owners_once() {
     use saas_billing::sync::process_event_notifying;
 
     let w = World::new().await;
-    let owner = UserId::new();
+    let owner = w.user("owner", Some("owner@dunning.test")).await;
+    let member = w.user("dev", Some("dev@dunning.test")).await;
     let tenant = lifecycle::create(w.db.app(), "dunning-co", "Dunning Co", owner, &w.clock)
         .await
         .unwrap()
         .id;
-    let member = UserId::new();
-    for (user, email, role) in [
-        (owner, "owner@dunning.test", "owner"),
-        (member, "dev@dunning.test", "member"),
-    ] {
-        sqlx::query(
-            "INSERT INTO saas.users (id, issuer, subject, email, created_at, updated_at) VALUES ($1, 'test', $2, $3, now(), now())",
-        )
-        .bind(user)
-        .bind(email)
-        .bind(email)
-        .execute(w.db.platform())
-        .await
-        .unwrap();
+    for (user, role) in [(owner, "owner"), (member, "member")] {
         sqlx::query(
             "INSERT INTO saas.memberships (tenant_id, user_id, roles, joined_at) VALUES ($1, $2, ARRAY[$3], now())",
         )
@@ -558,15 +562,7 @@ async fn per_seat_subscriptions_follow_the_members() {
     // Three members join; the memberships are written as the application role writes them.
     let mut tx = saas_tenancy::TenantTx::begin(w.db.app(), tenant).await.unwrap();
     for i in 0..3 {
-        let user = UserId::new();
-        sqlx::query(
-            "INSERT INTO saas.users (id, issuer, subject, created_at, updated_at) VALUES ($1, 'test', $2, now(), now())",
-        )
-        .bind(user)
-        .bind(format!("seat-{i}"))
-        .execute(w.db.platform())
-        .await
-        .unwrap();
+        let user = w.user(&format!("seat-{i}"), None).await;
         sqlx::query("INSERT INTO saas.memberships (tenant_id, user_id, roles, joined_at) VALUES ($1, $2, ARRAY['member'], now())")
             .bind(tenant)
             .bind(user)
@@ -698,15 +694,7 @@ async fn seats_are_counted_from_members_and_pending_invitations() {
         .unwrap()
         .id;
     for i in 0..2 {
-        let user = UserId::new();
-        sqlx::query(
-            "INSERT INTO saas.users (id, issuer, subject, created_at, updated_at) VALUES ($1, 'test', $2, now(), now())",
-        )
-        .bind(user)
-        .bind(format!("counted-{i}"))
-        .execute(w.db.platform())
-        .await
-        .unwrap();
+        let user = w.user(&format!("counted-{i}"), None).await;
         sqlx::query("INSERT INTO saas.memberships (tenant_id, user_id, roles, joined_at) VALUES ($1, $2, ARRAY['member'], now())")
             .bind(tenant)
             .bind(user)
