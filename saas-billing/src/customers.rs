@@ -100,11 +100,7 @@ pub fn handle_tenant_deletion<P: BillingProvider>(
     builder.handle(move |ctx: JobContext, job: TenantDeleted| {
         let (platform, provider) = (platform.clone(), Arc::clone(&provider));
         async move {
-            if ctx.tenant().is_some() {
-                return Err(JobError::fatal(
-                    "billing.tenant_deleted is a platform job; a tenant published this one",
-                ));
-            }
+            crate::sync::platform_only(&ctx, TenantDeleted::KIND)?;
             cancel_for_deleted_tenant(&platform, &*provider, job.tenant_id)
                 .await
                 .map(drop)

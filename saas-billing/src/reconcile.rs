@@ -145,9 +145,7 @@ pub fn schedule<P: BillingProvider>(
         .handle(move |ctx: JobContext, _: ReconcileBilling| {
             let (platform, provider) = (platform.clone(), Arc::clone(&provider));
             async move {
-                if ctx.tenant().is_some() {
-                    return Err(JobError::fatal("billing reconciliation is a platform job"));
-                }
+                crate::sync::platform_only(&ctx, ReconcileBilling::KIND)?;
                 reconcile(&platform, &*provider)
                     .await
                     .map(drop)

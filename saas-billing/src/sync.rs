@@ -99,11 +99,7 @@ fn register<P: BillingProvider>(
     builder.handle(move |ctx: JobContext, job: StripeEventReceived| {
         let (platform, provider, notifications) = (platform.clone(), Arc::clone(&provider), notifications.clone());
         async move {
-            if ctx.tenant().is_some() {
-                return Err(JobError::fatal(
-                    "billing events are platform jobs; a tenant published this one",
-                ));
-            }
+            platform_only(&ctx, <StripeEventReceived as saas_events::Event>::KIND)?;
             match process_event_notifying(&platform, &*provider, &job.event_id, notifications.as_deref()).await {
                 Ok(_) => Ok(()),
                 Err(SyncError::UnknownEvent(id)) => Err(JobError::fatal(format!("no stored event {id}"))),
@@ -111,6 +107,17 @@ fn register<P: BillingProvider>(
             }
         }
     })
+}
+
+/// Refuses a billing job that carries a tenant: billing's jobs are the platform's, and the
+/// application role may publish any kind for its own tenant.
+pub(crate) fn platform_only(ctx: &JobContext, kind: &str) -> Result<(), JobError> {
+    match ctx.tenant() {
+        Some(_) => Err(JobError::fatal(format!(
+            "{kind} is a platform job; a tenant published this one"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Processes the stored event `event_id`: finds the subscriptions it concerns, refetches

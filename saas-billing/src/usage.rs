@@ -131,9 +131,7 @@ pub fn schedule_reporting<P: BillingProvider>(
         .handle(move |ctx: JobContext, _: ReportUsage| {
             let (platform, provider, catalog) = (platform.clone(), Arc::clone(&provider), Arc::clone(&catalog));
             async move {
-                if ctx.tenant().is_some() {
-                    return Err(JobError::fatal("billing.report_usage is a platform job"));
-                }
+                crate::sync::platform_only(&ctx, ReportUsage::KIND)?;
                 report_usage(&platform, &*provider, &catalog)
                     .await
                     .map(drop)

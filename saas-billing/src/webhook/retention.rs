@@ -62,9 +62,7 @@ pub fn schedule_pruning(
         .handle(move |ctx: JobContext, _: PruneInbox| {
             let platform = platform.clone();
             async move {
-                if ctx.tenant().is_some() {
-                    return Err(JobError::fatal("billing.prune_inbox is a platform job"));
-                }
+                crate::sync::platform_only(&ctx, PruneInbox::KIND)?;
                 prune_inbox(&platform, keep, Utc::now())
                     .await
                     .map(drop)
