@@ -2,7 +2,6 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -75,87 +74,134 @@ enum Kind {
 /// The catalog's features, numbered.
 #[derive(Debug)]
 struct FeatureIndex {
-    ids: HashMap<Box<str>, u16, BuildHasherDefault<NameHash>>,
+    ids: NameTable,
     names: Vec<Box<str>>,
     kinds: Vec<Kind>,
 }
 
 impl FeatureIndex {
     fn new(catalog: &Catalog) -> Self {
-        let mut index = FeatureIndex {
-            ids: HashMap::default(),
-            names: Vec::new(),
-            kinds: Vec::new(),
-        };
+        let mut names: Vec<Box<str>> = Vec::new();
+        let mut kinds = Vec::new();
         for plan in catalog.plans() {
             for (name, value) in plan.features() {
-                let id = match index.ids.get(name) {
-                    Some(&id) => usize::from(id),
+                let id = match names.iter().position(|n| **n == *name) {
+                    Some(id) => id,
                     None => {
-                        let id = index.names.len();
-                        index.ids.insert(name.into(), u16::try_from(id).unwrap_or(u16::MAX));
-                        index.names.push(name.into());
-                        index.kinds.push(match value {
+                        names.push(name.into());
+                        kinds.push(match value {
                             Feature::On => Kind::Switch,
                             Feature::Limit(_) => Kind::Limit,
                             Feature::Metered { period, .. } => Kind::Metered(*period),
                             Feature::Tier(_) => Kind::Tier(Vec::new()),
                         });
-                        id
+                        names.len() - 1
                     }
                 };
                 // Tiers rank in the order the catalog's plans name them (cheaper plans first).
-                if let (Feature::Tier(t), Some(Kind::Tier(ranks))) = (value, index.kinds.get_mut(id))
+                if let (Feature::Tier(t), Some(Kind::Tier(ranks))) = (value, kinds.get_mut(id))
                     && !ranks.iter().any(|r| **r == **t)
                 {
                     ranks.push(t.as_str().into());
                 }
             }
         }
-        index
+        FeatureIndex {
+            ids: NameTable::new(&names),
+            names,
+            kinds,
+        }
     }
 
     #[inline]
     fn id(&self, name: &str) -> Option<usize> {
-        self.ids.get(name).map(|&i| usize::from(i))
+        self.ids.get(name, &self.names)
     }
 }
 
-/// A hash for feature names: short, trusted (they come from the code), looked up on
-/// every check. Two unaligned 8-byte reads (the first and the last eight bytes), the
-/// length, one multiply: a few cycles where FNV needs one round per byte.
-#[derive(Default)]
-struct NameHash(u64);
+/// A name's length and its first and last eight bytes (zero-padded when shorter): the
+/// whole name when it has at most 16 bytes. Two unaligned reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct NameWords {
+    len: usize,
+    head: u64,
+    tail: u64,
+}
 
-impl Hasher for NameHash {
+impl NameWords {
     #[inline]
-    fn write(&mut self, bytes: &[u8]) {
+    fn of(name: &str) -> Self {
+        let bytes = name.as_bytes();
         let word = |b: &[u8]| {
             let mut w = [0u8; 8];
             w[..b.len()].copy_from_slice(b);
             u64::from_le_bytes(w)
         };
-        let n = bytes.len();
-        let (head, tail) = if n >= 8 {
-            (word(&bytes[..8]), word(&bytes[n - 8..]))
+        let len = bytes.len();
+        let (head, tail) = if len >= 8 {
+            (word(&bytes[..8]), word(&bytes[len - 8..]))
         } else {
             (word(bytes), 0)
         };
-        let h = (head ^ tail.rotate_left(29) ^ (n as u64) ^ self.0).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        self.0 = h ^ (h >> 32);
+        NameWords { len, head, tail }
     }
+
     #[inline]
-    fn write_u8(&mut self, _: u8) {
-        // `str`'s terminator: the length is already in.
+    fn hash(&self) -> usize {
+        let h = (self.head ^ self.tail.rotate_left(29) ^ self.len as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        // Truncation intended: the high bits are the well-mixed ones.
+        (h >> 32) as usize
     }
+}
+
+/// Feature name → id, looked up on every check: the names are short and come from the
+/// code, so a slot compares its name's words ([`NameWords`]) instead of hashing and
+/// comparing bytes (names longer than 16 bytes are compared in full after that).
+/// Open addressing, at most half full.
+#[derive(Debug)]
+struct NameTable {
+    mask: usize,
+    /// (words, id + 1); id 0 where empty.
+    slots: Box<[(NameWords, u16)]>,
+}
+
+impl NameTable {
+    fn new(names: &[Box<str>]) -> Self {
+        let size = (names.len().max(4) * 2).next_power_of_two();
+        let mut slots = vec![(NameWords::default(), 0u16); size].into_boxed_slice();
+        for (id, name) in names.iter().enumerate().take(usize::from(u16::MAX) - 1) {
+            let words = NameWords::of(name);
+            let mut i = words.hash() & (size - 1);
+            while slots[i].1 != 0 {
+                i = (i + 1) & (size - 1);
+            }
+            slots[i] = (words, u16::try_from(id + 1).unwrap_or(u16::MAX));
+        }
+        NameTable { mask: size - 1, slots }
+    }
+
     #[inline]
-    fn finish(&self) -> u64 {
-        self.0
+    fn get(&self, name: &str, names: &[Box<str>]) -> Option<usize> {
+        let words = NameWords::of(name);
+        let mut i = words.hash() & self.mask;
+        loop {
+            let (w, id) = self.slots[i];
+            if id == 0 {
+                return None;
+            }
+            let id = usize::from(id - 1);
+            if w == words && (words.len <= 16 || names.get(id).is_some_and(|n| **n == *name)) {
+                return Some(id);
+            }
+            i = (i + 1) & self.mask;
+        }
     }
 }
 
 /// One feature's value for one tenant, updated in place (a tenant's row never moves).
+/// Aligned so that a slot never straddles two cache lines.
 #[derive(Debug, Default)]
+#[repr(align(32))]
 struct Slot {
     /// The value (bits 0–55: a switch's 0 or 1, an amount, a tier's rank + 1), the reason
     /// (56–59), whether usage counts (60), whether the tenant is read-only (61).
@@ -198,20 +244,36 @@ fn reason_of(cell: u64) -> Reason {
 const CHUNK_ROWS: usize = 256;
 
 /// Tenant → row: open addressing on the id's random low bits, linear probing, at most
-/// half full. Row 0 is every unknown tenant's (the free plan, never written after start).
+/// half full. An entry is 8 bytes (32 more bits of the id as a tag, and the row), so the
+/// table of 10,000 tenants stays in a core's cache; the row's owner confirms a tag match
+/// (read beside the row's values, not before them). Row 0 is every unknown tenant's (the
+/// free plan, never written after start).
 #[derive(Debug, Clone)]
 struct Table {
     mask: usize,
-    entries: Box<[(u128, u32)]>,
+    /// `tag | row`, 0 where empty (no tenant has row 0).
+    entries: Box<[u64]>,
+    /// Each row's tenant (row 0: none).
+    owners: Vec<u128>,
 }
 
+/// The entry bits that hold the tag (the row is in the low 32).
+const TAG_MASK: u64 = !0xffff_ffff;
+
 impl Table {
-    fn with_capacity(n: usize) -> Self {
-        let size = (n.max(8) * 2).next_power_of_two();
-        Table {
+    /// A table for `owners` (row → tenant, row 0 first) with room for `capacity` rows.
+    fn with_rows(owners: &[u128], capacity: usize) -> Self {
+        let size = (capacity.max(8) * 2).next_power_of_two();
+        let mut table = Table {
             mask: size - 1,
-            entries: vec![(0u128, 0u32); size].into_boxed_slice(),
+            entries: vec![0u64; size].into_boxed_slice(),
+            owners: Vec::with_capacity(capacity + 1),
+        };
+        table.owners.push(0);
+        for &key in owners.iter().skip(1) {
+            table.add(key);
         }
+        table
     }
 
     #[inline]
@@ -222,29 +284,37 @@ impl Table {
 
     #[inline]
     fn get(&self, key: u128) -> u32 {
+        let tag = (key as u64) & TAG_MASK;
         let mut i = self.start(key);
         loop {
-            let (k, row) = self.entries[i];
-            if k == key {
-                return row;
-            }
-            if k == 0 {
+            let entry = self.entries[i];
+            if entry == 0 {
                 return 0;
             }
+            // Truncation intended: the row is the low 32 bits.
+            let row = entry as u32;
+            if entry & TAG_MASK == tag && self.owners.get(row as usize) == Some(&key) {
+                return row;
+            }
             i = (i + 1) & self.mask;
         }
     }
 
-    fn insert(&mut self, key: u128, row: u32) {
+    /// Gives `key` (not in the table) the next row, and returns it.
+    fn add(&mut self, key: u128) -> u32 {
+        let row = u32::try_from(self.owners.len()).unwrap_or(u32::MAX);
+        self.owners.push(key);
         let mut i = self.start(key);
-        while self.entries[i].0 != 0 && self.entries[i].0 != key {
+        while self.entries[i] != 0 {
             i = (i + 1) & self.mask;
         }
-        self.entries[i] = (key, row);
+        self.entries[i] = ((key as u64) & TAG_MASK) | u64::from(row);
+        row
     }
 
+    /// Tenants with a row.
     fn len(&self) -> usize {
-        self.entries.iter().filter(|e| e.0 != 0).count()
+        self.owners.len() - 1
     }
 }
 
@@ -262,7 +332,7 @@ impl Snapshot {
         let row = row as usize;
         self.chunks
             .get(row / CHUNK_ROWS)?
-            .get((row % CHUNK_ROWS) * self.width + f)
+            .get(f * CHUNK_ROWS + row % CHUNK_ROWS)
     }
 }
 
@@ -347,7 +417,7 @@ impl Entitlements {
             catalog,
             policy,
             snapshot: ArcSwap::from_pointee(Snapshot {
-                table: Table::with_capacity(8),
+                table: Table::with_rows(&[0], 8),
                 chunks: Box::new([chunk]),
                 width,
             }),
@@ -556,18 +626,15 @@ impl Entitlements {
         }
         let mut meta = lock(&self.meta);
         let mut table = if (current.table.len() + missing.len() + 1) * 2 > current.table.entries.len() {
-            let mut t = Table::with_capacity((current.table.len() + missing.len()) * 2);
-            for &(k, r) in current.table.entries.iter().filter(|e| e.0 != 0) {
-                t.insert(k, r);
-            }
-            t
+            Table::with_rows(&current.table.owners, (current.table.len() + missing.len()) * 2)
         } else {
             current.table.clone()
         };
         let mut chunks = current.chunks.to_vec();
         let default_plan = meta.first().map_or_else(|| Arc::from(""), |m| Arc::clone(&m.plan));
         for t in missing {
-            let row = meta.len();
+            let row = table.add(key(t)) as usize;
+            debug_assert_eq!(row, meta.len(), "a row per tenant, in order");
             meta.push(Meta {
                 tenant: Some(t),
                 plan: Arc::clone(&default_plan),
@@ -577,7 +644,6 @@ impl Entitlements {
             while row / CHUNK_ROWS >= chunks.len() {
                 chunks.push((0..CHUNK_ROWS * current.width).map(|_| Slot::default()).collect());
             }
-            table.insert(key(t), u32::try_from(row).unwrap_or(u32::MAX));
         }
         let next = Arc::new(Snapshot {
             table,
@@ -852,5 +918,76 @@ fn decide(slot: Option<&Slot>, amount: u64) -> Decision {
         } else {
             reason_of(cell)
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn tenants_sharing_low_bits_and_tag_get_their_own_rows() {
+        // Same low 64 bits (same start, same tag), different high bits: only the owner check
+        // tells them apart.
+        let low = 0x1234_5678_9abc_def0u128;
+        let keys: Vec<u128> = (1..=40u128).map(|hi| (hi << 64) | low).collect();
+        let mut table = Table::with_rows(&[0], 8);
+        let mut rows = Vec::new();
+        for (n, &k) in keys.iter().enumerate() {
+            if (table.len() + 2) * 2 > table.entries.len() {
+                table = Table::with_rows(&table.owners, (table.len() + 1) * 2);
+            }
+            rows.push(table.add(k));
+            assert_eq!(table.len(), n + 1);
+        }
+        for (k, row) in keys.iter().zip(&rows) {
+            assert_eq!(table.get(*k), *row);
+        }
+        assert_eq!(
+            table.get((99u128 << 64) | low),
+            0,
+            "an unknown tenant gets the default row"
+        );
+        assert_eq!(table.get(low + 1), 0);
+        let distinct: std::collections::HashSet<_> = rows.iter().collect();
+        assert_eq!(distinct.len(), keys.len());
+        assert!(!rows.contains(&0));
+    }
+
+    #[test]
+    fn names_are_found_exactly_at_every_length() {
+        let names: Vec<Box<str>> = [
+            "",
+            "a",
+            "sso",
+            "seats",
+            "feature_0",
+            "feature_01",
+            "exactly_16_bytes",
+            "exactly_16_bytez",
+            "a_name_longer_than_sixteen_bytes",
+            "a_name_longer_than_sixteen_bytez",
+            "a_name_lXnger_than_sixteen_bytes",
+        ]
+        .into_iter()
+        .map(Box::from)
+        .collect();
+        let table = NameTable::new(&names);
+        for (id, name) in names.iter().enumerate() {
+            assert_eq!(table.get(name, &names), Some(id), "{name}");
+        }
+        for missing in [
+            "b",
+            "seat",
+            "seats\0",
+            "feature_02",
+            "exactly_16_byteq",
+            "a_name_longer_than_sixteen_bytey",
+            // Same length, head and tail as a long name; differs in the middle.
+            "a_name_lYnger_than_sixteen_bytes",
+        ] {
+            assert_eq!(table.get(missing, &names), None, "{missing}");
+        }
     }
 }
