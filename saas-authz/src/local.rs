@@ -53,9 +53,38 @@ impl std::fmt::Debug for LocalIssuer {
     }
 }
 
-/// Generating a key pair failed.
+impl Inner {
+    fn new(issuer: String, key: LocalKey) -> Self {
+        Inner {
+            issuer,
+            current: RwLock::new(key.kid.clone()),
+            keys: RwLock::new(vec![key]),
+            jwks_requests: AtomicU64::new(0),
+            next_kid: AtomicU64::new(2),
+        }
+    }
+}
+
+/// The ES256 key `pkcs8` (PKCS#8 DER) as the issuer's first key.
+fn es256_from_pkcs8(pkcs8: &[u8]) -> Result<LocalKey, KeyGenError> {
+    let fail = || KeyGenError(Algorithm::ES256);
+    EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8).map_err(|_| fail())?;
+    let encoding = EncodingKey::from_ec_der(pkcs8);
+    let mut jwk = Jwk::from_encoding_key(&encoding, Algorithm::ES256).map_err(|_| fail())?;
+    jwk.common.key_id = Some("local-1".into());
+    jwk.common.public_key_use = Some(PublicKeyUse::Signature);
+    Ok(LocalKey {
+        kid: "local-1".into(),
+        alg: Algorithm::ES256,
+        encoding,
+        jwk,
+        published: true,
+    })
+}
+
+/// Generating a key pair (or reading one) failed.
 #[derive(Debug, thiserror::Error)]
-#[error("generating a {0:?} key failed")]
+#[error("a {0:?} key could not be generated or read")]
 pub struct KeyGenError(Algorithm);
 
 fn generate(alg: Algorithm, kid: String) -> Result<LocalKey, KeyGenError> {
@@ -143,18 +172,44 @@ impl LocalIssuer {
 
     /// Starts an issuer signing with `alg` (ES256, RS256 or EdDSA).
     pub async fn start_with(alg: Algorithm) -> std::io::Result<Self> {
-        let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+        let key = generate(alg, "local-1".into()).map_err(std::io::Error::other)?;
+        Self::serve(SocketAddr::from(([127, 0, 0, 1], 0)), key).await
+    }
+
+    /// Starts an issuer on `addr` signing with the ES256 key `pkcs8` (from
+    /// [`generate_es256_pkcs8`](Self::generate_es256_pkcs8)): a development server that
+    /// keeps its issuer URL and key across restarts, so that the users it provisioned and
+    /// the tokens it minted stay valid. The error says when the port is taken.
+    pub async fn start_on(addr: SocketAddr, pkcs8: &[u8]) -> std::io::Result<Self> {
+        let key = es256_from_pkcs8(pkcs8).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        Self::serve(addr, key).await
+    }
+
+    /// An issuer named `issuer` signing with the ES256 key `pkcs8`, serving nothing: mints
+    /// tokens that the server started by [`start_on`](Self::start_on) with the same key
+    /// at that URL verifies (a command-line token tool, say).
+    pub fn offline(issuer: &str, pkcs8: &[u8]) -> Result<Self, KeyGenError> {
+        let key = es256_from_pkcs8(pkcs8)?;
+        let (tx, _rx) = oneshot::channel();
+        Ok(Self {
+            inner: Arc::new(Inner::new(issuer.trim_end_matches('/').to_owned(), key)),
+            _server: Arc::new(tx),
+        })
+    }
+
+    /// A new ES256 private key as PKCS#8 DER, for [`start_on`](Self::start_on).
+    pub fn generate_es256_pkcs8() -> Result<Vec<u8>, KeyGenError> {
+        EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
+            .map(|doc| doc.as_ref().to_vec())
+            .map_err(|_| KeyGenError(Algorithm::ES256))
+    }
+
+    async fn serve(addr: SocketAddr, key: LocalKey) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let issuer = format!("http://{addr}");
-        let key = generate(alg, "local-1".into()).map_err(std::io::Error::other)?;
         let (tx, rx) = oneshot::channel();
-        let inner = Arc::new(Inner {
-            issuer: issuer.clone(),
-            current: RwLock::new(key.kid.clone()),
-            keys: RwLock::new(vec![key]),
-            jwks_requests: AtomicU64::new(0),
-            next_kid: AtomicU64::new(2),
-        });
+        let inner = Arc::new(Inner::new(issuer.clone(), key));
         let app = axum::Router::new()
             .route("/.well-known/openid-configuration", get(discovery))
             .route("/.well-known/jwks.json", get(jwks))

@@ -330,3 +330,47 @@ async fn anonymous_routes_are_explicit() {
     let (status, _) = send(&app, get_with("/health", &[("authorization", "Bearer junk")])).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn a_persistent_local_issuer_keeps_its_url_and_key_across_restarts() {
+    let db = db().await;
+    let key = LocalIssuer::generate_es256_pkcs8().unwrap();
+    let first = LocalIssuer::start_on(([127, 0, 0, 1], 0).into(), &key).await.unwrap();
+    let addr: std::net::SocketAddr = first.issuer().trim_start_matches("http://").parse().unwrap();
+    // A command-line tool mints with the same key, without serving anything.
+    let offline = LocalIssuer::offline(first.issuer(), &key).unwrap();
+    let minted = offline.token("u1").audience("api").email("u1@example.com").sign();
+    drop(first);
+
+    // "Restarted" on the same address with the same key: the old token still verifies.
+    let mut again = None;
+    for _ in 0..50 {
+        match LocalIssuer::start_on(addr, &key).await {
+            Ok(issuer) => {
+                again = Some(issuer);
+                break;
+            }
+            // The first server's socket closes asynchronously.
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    let again = again.expect("the address frees up");
+    assert_eq!(again.issuer(), offline.issuer());
+    let app = app_for(&db, again.oidc("api").await.unwrap()).await;
+    let (status, body) = send(&app, get_with("/v1/me", &[("authorization", &bearer(&minted))])).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // A different key at the same URL: refused.
+    let other = LocalIssuer::offline(again.issuer(), &LocalIssuer::generate_es256_pkcs8().unwrap()).unwrap();
+    let forged = other.token("u1").audience("api").sign();
+    let (status, _) = send(&app, get_with("/v1/me", &[("authorization", &bearer(&forged))])).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // Not a key at all.
+    assert!(LocalIssuer::offline("http://127.0.0.1:1", b"not a key").is_err());
+    assert!(
+        LocalIssuer::start_on(([127, 0, 0, 1], 0).into(), b"not a key")
+            .await
+            .is_err()
+    );
+}
