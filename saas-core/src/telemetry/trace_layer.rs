@@ -142,7 +142,7 @@ impl RequestSpan {
 /// `http_request_duration_seconds{method,route,status}` and
 /// `http_server_errors_total{method,route}`. With the `sentry` feature, 5xx responses are
 /// reported to Sentry, tagged with the request, tenant and user ids (put
-/// [`sentry_layer`](super::sentry_layer) outside this layer so that panics carry the tags too).
+/// `telemetry::sentry_layer` (feature `sentry`) outside this layer so that panics carry the tags too).
 ///
 /// `route` is axum's `MatchedPath` when the `axum` feature is on and the layer is added
 /// with `Router::layer`; otherwise `unmatched` (raw paths would explode metric labels).
