@@ -1,0 +1,376 @@
+//! The app wired together: shared state, the router with its layers, the workers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::handler::Handler;
+use axum::routing::{get, post};
+use saas_authz::{ApiKeys, AuthenticateLayer, Authz, Memberships, Oidc, RequirePermission, Users};
+use saas_billing::catalog::Catalog;
+use saas_billing::entitlements::{EntitlementsLayer, RequireEntitlement, TenantSnapshot};
+use saas_billing::notify::Notifications;
+use saas_billing::provider::{BillingProvider, CheckoutRequest, HostedSession, Proration};
+use saas_billing::stripe::Stripe;
+use saas_billing::summary::TenantBillingSummary;
+use saas_billing::webhook::{WebhookEndpoint, WebhookSecrets};
+use saas_billing::{AccessPolicy, Entitlements, Simulator};
+use saas_core::clock::Clock;
+use saas_core::problem_layer::ProblemLayer;
+use saas_core::request_id::RequestIdLayer;
+use saas_core::telemetry::TraceLayer;
+use saas_core::{Problem, TenantId};
+use saas_events::mail::{MailHandler, Mailer, Templates};
+use saas_events::{Worker, WorkerBuilder, WorkerHandle};
+use saas_flags::{FlagStore, FlagsLayer};
+use saas_tenancy::{PgTenantStore, PlatformPool, TenantLayer, resolve};
+use tower::ServiceBuilder;
+
+use crate::product;
+use crate::routes;
+use crate::setup::Database;
+
+/// The billing provider: Stripe when configured, else the in-memory simulator (which is
+/// not Stripe, and says so at start).
+#[derive(Clone)]
+pub enum Billing {
+    /// The simulator.
+    Simulator(Arc<Simulator>),
+    /// Stripe (or a Stripe-compatible server).
+    Stripe(Arc<Stripe>),
+}
+
+impl std::fmt::Debug for Billing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Billing::Simulator(_) => "Billing::Simulator",
+            Billing::Stripe(_) => "Billing::Stripe",
+        })
+    }
+}
+
+/// Runs `$body` with `$p` bound to the provider, whichever it is.
+macro_rules! with_provider {
+    ($billing:expr, $p:ident => $body:expr) => {
+        match $billing {
+            Billing::Simulator($p) => $body,
+            Billing::Stripe($p) => $body,
+        }
+    };
+}
+
+impl Billing {
+    /// A checkout page for `tenant` buying `price` (the tenant's customer is created on
+    /// first use).
+    pub async fn checkout(
+        &self,
+        platform: &PlatformPool,
+        tenant: TenantId,
+        email: Option<&str>,
+        price: &str,
+        return_url: &str,
+    ) -> Result<HostedSession, Problem> {
+        with_provider!(self, p => {
+            let customer = saas_billing::customer_for(platform, &**p, tenant, email).await.map_err(internal)?;
+            let request = CheckoutRequest::new(tenant, &customer, price, return_url, return_url);
+            p.checkout_session(&request).await.map_err(internal)
+        })
+    }
+
+    /// The customer portal for `tenant`.
+    pub async fn portal(
+        &self,
+        platform: &PlatformPool,
+        tenant: TenantId,
+        return_url: &str,
+    ) -> Result<HostedSession, Problem> {
+        with_provider!(self, p => {
+            let customer = saas_billing::customer_for(platform, &**p, tenant, None).await.map_err(internal)?;
+            p.portal_session(&customer, return_url).await.map_err(internal)
+        })
+    }
+
+    /// `tenant`'s billing summary.
+    pub async fn summary(
+        &self,
+        platform: &PlatformPool,
+        entitlements: &Entitlements,
+        tenant: TenantId,
+    ) -> Result<TenantBillingSummary, Problem> {
+        with_provider!(self, p => saas_billing::summary::tenant_summary(platform, &**p, entitlements, tenant)
+            .await
+            .map_err(internal))
+    }
+
+    /// Registers billing's jobs: webhook processing (with the billing emails), tenant
+    /// deletion, per-seat quantity.
+    pub fn register(
+        &self,
+        builder: WorkerBuilder,
+        platform: &PlatformPool,
+        catalog: &Arc<Catalog>,
+        public_url: &str,
+    ) -> WorkerBuilder {
+        let notifications = Notifications::new(&format!("{public_url}/v1/billing"));
+        with_provider!(self, p => {
+            let builder = saas_billing::sync::handle_events_notifying(builder, platform.clone(), Arc::clone(p), notifications);
+            saas_billing::seats::handle_seat_sync(builder, platform.clone(), Arc::clone(p), Arc::clone(catalog), Proration::CreateProrations)
+        })
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> Problem {
+    Problem::internal().with_internal(e)
+}
+
+/// What handlers share (an `Extension`).
+#[derive(Clone)]
+pub struct Shared {
+    /// The pools.
+    pub db: Database,
+    /// The platform pool (system jobs, billing).
+    pub platform: PlatformPool,
+    /// The RBAC evaluator.
+    pub authz: Authz,
+    /// Members and their roles.
+    pub memberships: Memberships,
+    /// What each tenant may use.
+    pub entitlements: Arc<Entitlements>,
+    /// The billing provider.
+    pub billing: Billing,
+    /// The catalog.
+    pub catalog: Arc<Catalog>,
+    /// Where people reach the app.
+    pub public_url: String,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("database", &self.db.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    /// Recounts `tenant`'s limited features (projects, seats) after a change; a failure is
+    /// logged (the next change or start recounts).
+    pub async fn recount(&self, tenant: TenantId) {
+        if let Err(e) = self.entitlements.refresh_counts(&self.platform, tenant).await {
+            tracing::warn!(%tenant, error = %e, "recounting entitlements failed");
+        }
+    }
+}
+
+/// Everything [`App::start`] needs besides the database.
+pub struct Parts {
+    /// How bearer tokens are verified.
+    pub oidc: Oidc,
+    /// The billing provider.
+    pub billing: Billing,
+    /// Stripe's webhook signing secrets.
+    pub webhook_secrets: WebhookSecrets,
+    /// Where people reach the app.
+    pub public_url: String,
+    /// The clock (tests move it).
+    pub clock: Arc<dyn Clock>,
+}
+
+/// The running app's pieces: its router, and the tasks that keep its caches current.
+pub struct App {
+    /// The state handlers share.
+    pub shared: Shared,
+    /// The HTTP API.
+    pub router: Router,
+    /// Background tasks (cache listeners, flushers); aborted on drop.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("shared", &self.shared)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// The app could not be assembled.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The catalog or the permission model is invalid (a bug in `product`).
+    #[error("the product definition is invalid: {0}")]
+    Product(String),
+    /// A cache could not load.
+    #[error("loading {what} failed: {error}")]
+    Load {
+        /// What.
+        what: &'static str,
+        /// Why.
+        error: String,
+    },
+}
+
+impl App {
+    /// Loads the caches (permissions, flags, entitlements), starts their listeners and
+    /// builds the router. Migrations must have run.
+    pub async fn start(db: Database, parts: Parts) -> Result<App, StartError> {
+        let product = |e: &dyn std::fmt::Display| StartError::Product(e.to_string());
+        let model = product::model().map_err(|e| product(&e))?;
+        let catalog = Arc::new(product::catalog().map_err(|e| product(&e))?);
+        let platform = PlatformPool::new(db.platform.clone());
+        let load = |what: &'static str| {
+            move |e: &dyn std::fmt::Display| StartError::Load {
+                what,
+                error: e.to_string(),
+            }
+        };
+
+        let authz = Authz::new(db.app.clone(), model.clone());
+        let memberships = Memberships::new(db.app.clone())
+            .with_model(model)
+            .with_clock(Arc::clone(&parts.clock));
+        let users = Users::new(db.app.clone()).with_clock(Arc::clone(&parts.clock));
+        let keys = ApiKeys::new(db.app.clone());
+        let flags = FlagStore::builder(db.app.clone(), "development")
+            .listen(true)
+            .load()
+            .await
+            .map_err(|e| load("feature flags")(&e))?;
+        let entitlements = Entitlements::load(
+            &platform,
+            Arc::clone(&catalog),
+            AccessPolicy::new("free").grace_period(chrono::Duration::days(7)),
+            Arc::clone(&parts.clock),
+        )
+        .await
+        .map_err(|e| load("entitlements")(&e))?;
+        entitlements.count_with("projects", product::PROJECTS_COUNT);
+        entitlements.count_with("seats", saas_billing::entitlements::SEATS_COUNT);
+        let tenants: Vec<TenantId> = sqlx::query_scalar("SELECT id FROM saas.tenants")
+            .fetch_all(&db.platform)
+            .await
+            .map_err(|e| load("tenants")(&e))?;
+        for t in tenants {
+            entitlements
+                .refresh_counts(&platform, t)
+                .await
+                .map_err(|e| load("usage counts")(&e))?;
+        }
+
+        let tasks = vec![
+            memberships.listen(),
+            keys.listen(),
+            keys.spawn_usage_flusher(Duration::from_secs(10)),
+            authz.listen(),
+            entitlements.listen(platform.clone()),
+            flags.spawn_usage_flusher(Duration::from_secs(30)),
+        ];
+
+        let shared = Shared {
+            db: db.clone(),
+            platform: platform.clone(),
+            authz: authz.clone(),
+            memberships: memberships.clone(),
+            entitlements: Arc::clone(&entitlements),
+            billing: parts.billing,
+            catalog,
+            public_url: parts.public_url,
+        };
+
+        let perm = |name: &'static str| {
+            RequirePermission::new(&authz, name).map_err(|e| StartError::Product(format!("{name}: {e}")))
+        };
+        let api = Router::new()
+            .route(
+                "/v1/projects",
+                get(routes::projects::list_projects).post(
+                    routes::projects::create_project.layer(
+                        ServiceBuilder::new()
+                            .layer(perm("project:create")?)
+                            .layer(RequireEntitlement::amount("projects", 1)),
+                    ),
+                ),
+            )
+            .merge(routes::projects::routes())
+            .route("/v1/me", get(routes::account::me))
+            .route(
+                "/v1/members",
+                get(routes::account::members).route_layer(perm("member:list")?),
+            )
+            .route(
+                "/v1/billing",
+                get(routes::billing::summary).route_layer(perm("billing:read")?),
+            )
+            .route(
+                "/v1/billing/checkout",
+                post(routes::billing::checkout).route_layer(perm("billing:manage")?),
+            )
+            .route(
+                "/v1/billing/portal",
+                post(routes::billing::portal).route_layer(perm("billing:manage")?),
+            )
+            .fallback(|| async { Problem::not_found() })
+            // Inside the entitlements layer: flags target on the tenant's plan and features.
+            .layer(FlagsLayer::new(flags).enrich(|parts, ctx| {
+                if let Some(snapshot) = parts.extensions.get::<TenantSnapshot>() {
+                    *ctx = snapshot.flag_context(std::mem::take(ctx));
+                }
+            }))
+            .layer(EntitlementsLayer::new(Arc::clone(&entitlements)))
+            .layer(
+                TenantLayer::new(resolve::header("x-tenant-id"), PgTenantStore::new(db.app.clone()))
+                    .membership(memberships),
+            )
+            .layer(AuthenticateLayer::new(users).oidc(parts.oidc).api_keys(keys));
+
+        let webhooks = WebhookEndpoint::new(platform, parts.webhook_secrets);
+        let router = Router::new()
+            .route("/", get(routes::root))
+            .route("/health", get(routes::health))
+            .route_service("/webhooks/stripe", webhooks)
+            .merge(api)
+            .layer(axum::Extension(shared.clone()))
+            .layer(axum::Extension(db.app.clone()))
+            .layer(ProblemLayer::new())
+            .layer(TraceLayer::new())
+            .layer(RequestIdLayer::new());
+        Ok(App { shared, router, tasks })
+    }
+
+    /// A worker running the app's jobs (billing, emails) until its handle shuts it down.
+    pub async fn worker(&self, mailer: impl Mailer) -> Result<WorkerHandle, saas_events::JobsError> {
+        let s = &self.shared;
+        let builder = Worker::builder(s.platform.clone())
+            .app_pool(s.db.app.clone())
+            .queues(["default", saas_events::mail::QUEUE, "webhooks"])
+            .handle(MailHandler::new(mailer, Templates::built_in()));
+        s.billing
+            .register(builder, &s.platform, &s.catalog, &s.public_url)
+            .start()
+            .await
+    }
+}
+
+/// The mailer used without SMTP: prints each e-mail (it is not sent).
+#[derive(Debug, Clone, Default)]
+pub struct ConsoleMailer;
+
+impl Mailer for ConsoleMailer {
+    async fn send(&self, email: &saas_events::mail::Email) -> Result<(), saas_events::mail::MailError> {
+        println!(
+            "\n--- e-mail (console mailer: not sent) ---\nto: {}\nsubject: {}\n\n{}\n---\n",
+            email.to.join(", "),
+            email.subject,
+            email.text
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,67 @@
+//! Configuration from the environment. Nothing is required: without configuration the
+//! app runs against the local PostgreSQL with a local identity provider, the billing
+//! simulator and a console mailer, and says so.
+
+use std::path::PathBuf;
+
+/// Everything the app reads from the environment.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `DATABASE_URL`: an administrator connection used to create the roles and the
+    /// database (default: the local server as `root`).
+    pub admin_url: String,
+    /// `SAAS_APP_DB`: the database's name (default `saas_app`).
+    pub database: String,
+    /// `HOST` (default `127.0.0.1`).
+    pub host: String,
+    /// `PORT` (default 3000).
+    pub port: u16,
+    /// `OIDC_ISSUER`: a real identity provider (Auth0, Clerk, any OIDC issuer); without
+    /// it a local development issuer runs on `LOCAL_ISSUER_PORT` (default `PORT + 1`).
+    pub oidc_issuer: Option<String>,
+    /// `OIDC_AUDIENCE` (default `api`).
+    pub oidc_audience: String,
+    /// `OIDC_CLAIMS`: `auth0:<namespace>`, `clerk`, or unset for plain OIDC claims.
+    pub oidc_claims: Option<String>,
+    /// `LOCAL_ISSUER_PORT`.
+    pub local_issuer_port: u16,
+    /// `STRIPE_SECRET_KEY`: Stripe instead of the simulator.
+    pub stripe_secret_key: Option<String>,
+    /// `STRIPE_API_BASE`: another Stripe-compatible server (localstripe, say).
+    pub stripe_api_base: Option<String>,
+    /// `SAAS_APP_DIR`: where the app keeps its local files (the local issuer's key, the
+    /// generated webhook secret); default `target/saas-app`.
+    pub data_dir: PathBuf,
+    /// `PUBLIC_URL`: the URL people reach the app at (default `http://HOST:PORT`).
+    pub public_url: String,
+}
+
+impl Config {
+    /// Reads the environment; a malformed number is an error naming the variable.
+    pub fn from_env() -> Result<Self, String> {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        let port = |k: &str, default: u16| -> Result<u16, String> {
+            var(k).map_or(Ok(default), |v| {
+                v.trim()
+                    .parse()
+                    .map_err(|_| format!("{k}={v:?} is not a port number (1-65535)"))
+            })
+        };
+        let host = var("HOST").unwrap_or_else(|| "127.0.0.1".into());
+        let p = port("PORT", 3000)?;
+        Ok(Config {
+            admin_url: var("DATABASE_URL").unwrap_or_else(|| crate::setup::DEFAULT_ADMIN_URL.into()),
+            database: var("SAAS_APP_DB").unwrap_or_else(|| "saas_app".into()),
+            public_url: var("PUBLIC_URL").unwrap_or_else(|| format!("http://{host}:{p}")),
+            host,
+            port: p,
+            oidc_issuer: var("OIDC_ISSUER"),
+            oidc_audience: var("OIDC_AUDIENCE").unwrap_or_else(|| "api".into()),
+            oidc_claims: var("OIDC_CLAIMS"),
+            local_issuer_port: port("LOCAL_ISSUER_PORT", p.saturating_add(1))?,
+            stripe_secret_key: var("STRIPE_SECRET_KEY"),
+            stripe_api_base: var("STRIPE_API_BASE"),
+            data_dir: var("SAAS_APP_DIR").map_or_else(|| PathBuf::from("target/saas-app"), PathBuf::from),
+        })
+    }
+}

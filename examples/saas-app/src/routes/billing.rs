@@ -1,0 +1,82 @@
+//! The tenant's billing: its summary, checkout and portal links.
+
+use axum::Json;
+use axum::extract::Extension;
+use saas_authz::Memberships;
+use saas_billing::summary::TenantBillingSummary;
+use saas_core::{Principal, Problem};
+use saas_tenancy::{TenantContext, TenantTx};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::app::Shared;
+
+/// `GET /v1/billing` (`billing:read`): plan, status, seats, usage, invoices — no payment
+/// data.
+pub(crate) async fn summary(
+    Extension(shared): Extension<Shared>,
+    tenant: TenantContext,
+) -> Result<Json<TenantBillingSummary>, Problem> {
+    let s = shared
+        .billing
+        .summary(&shared.platform, &shared.entitlements, tenant.id())
+        .await?;
+    Ok(Json(s))
+}
+
+/// The body of `POST /v1/billing/checkout`.
+#[derive(Debug, Deserialize)]
+pub struct Checkout {
+    /// The price's lookup key (`pro_monthly`, `business_seat_annual`, …).
+    pub price: String,
+}
+
+/// `POST /v1/billing/checkout` (`billing:manage`): a hosted checkout page for a price of
+/// the catalog.
+pub(crate) async fn checkout(
+    Extension(shared): Extension<Shared>,
+    principal: Principal,
+    tenant: TenantContext,
+    mut tx: TenantTx,
+    Json(body): Json<Checkout>,
+) -> Result<Json<Value>, Problem> {
+    if shared.catalog.price(&body.price).is_none() {
+        let known: Vec<&str> = shared
+            .catalog
+            .plans()
+            .iter()
+            .flat_map(|p| p.prices().iter().map(|p| p.lookup_key()))
+            .collect();
+        return Err(Problem::unprocessable(format!(
+            "no price {:?}; the catalog has {}",
+            body.price,
+            known.join(", ")
+        ))
+        .with_type("unknown-price"));
+    }
+    let return_url = format!("{}/v1/billing", shared.public_url);
+    // The buyer's e-mail goes to the provider's customer (created once per tenant).
+    let email = Memberships::get(&mut tx, principal.user_id)
+        .await?
+        .and_then(|m| m.email);
+    tx.commit().await?;
+    let email = email.as_deref();
+    let page = shared
+        .billing
+        .checkout(&shared.platform, tenant.id(), email, &body.price, &return_url)
+        .await?;
+    Ok(Json(json!({ "id": page.id, "url": page.url })))
+}
+
+/// `POST /v1/billing/portal` (`billing:manage`): the provider's customer portal.
+pub(crate) async fn portal(
+    Extension(shared): Extension<Shared>,
+    tenant: TenantContext,
+) -> Result<Json<Value>, Problem> {
+    let return_url = format!("{}/v1/billing", shared.public_url);
+    let page = shared
+        .billing
+        .portal(&shared.platform, tenant.id(), &return_url)
+        .await?;
+    Ok(Json(json!({ "id": page.id, "url": page.url })))
+}

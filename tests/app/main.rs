@@ -1,0 +1,443 @@
+//! The example app end to end: the real router over real HTTP on a random port, the
+//! real PostgreSQL as the application role, a local identity provider, the billing
+//! simulator. Each test gets a database of its own with the demo data seeded.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use reqwest::StatusCode;
+use saas_app::app::{App, Billing, Parts};
+use saas_app::{seed, setup};
+use saas_authz::LocalIssuer;
+use saas_billing::Simulator;
+use saas_billing::webhook::{WebhookSecrets, sign};
+use saas_core::clock::ManualClock;
+use saas_core::testkit::TestDb;
+use serde_json::{Value, json};
+
+const SECRET: &str = "whsec_app_e2e";
+
+/// The app on a random port.
+struct Running {
+    base: String,
+    idp: LocalIssuer,
+    http: reqwest::Client,
+    app: App,
+    db: TestDb,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+async fn start() -> Running {
+    let db = TestDb::new(&setup::migrators()).await.unwrap();
+    let clock = ManualClock::new(Utc::now());
+    let idp = LocalIssuer::start().await.unwrap();
+    let sim = Simulator::new(clock.clone());
+    saas_billing::catalog::push(&saas_app::product::catalog().unwrap(), &sim)
+        .await
+        .unwrap();
+    let database = setup::Database {
+        owner: db.owner().clone(),
+        app: db.app().clone(),
+        platform: db.platform().clone(),
+        name: db.name().to_owned(),
+    };
+    saas_tenancy::verify_isolation(&database.app).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let app = App::start(
+        database,
+        Parts {
+            oidc: idp.oidc("api").await.unwrap(),
+            billing: Billing::Simulator(Arc::new(sim)),
+            webhook_secrets: WebhookSecrets::new(SECRET).unwrap(),
+            public_url: base.clone(),
+            clock: Arc::new(clock.clone()),
+        },
+    )
+    .await
+    .unwrap();
+    seed::demo(&app.shared, idp.issuer(), &clock).await.unwrap();
+    let router = app.router.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router).await.unwrap();
+    });
+    Running {
+        base,
+        idp,
+        http: reqwest::Client::new(),
+        app,
+        db,
+        _server: server,
+    }
+}
+
+impl Running {
+    fn token(&self, user: &str) -> String {
+        let email = seed::person_named(user).map_or("", |p| p.email);
+        self.idp.token(user).audience("api").email(email).mfa(true).sign()
+    }
+
+    /// `method path` as `user` in `tenant`, with an optional JSON body: (status, body).
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        user: &str,
+        tenant: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self
+            .http
+            .request(method.parse().unwrap(), format!("{}{path}", self.base))
+            .header("x-tenant-id", tenant)
+            .bearer_auth(self.token(user));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().await.unwrap();
+        let status = res.status();
+        let is_problem = res
+            .headers()
+            .get("content-type")
+            .is_some_and(|c| c.as_bytes().starts_with(b"application/problem+json"));
+        let text = res.text().await.unwrap();
+        let value: Value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        if status.is_client_error() || status.is_server_error() {
+            assert!(
+                is_problem,
+                "{method} {path} as {user}: {status} without problem+json: {value}"
+            );
+        }
+        (status, value)
+    }
+
+    async fn project_id(&self, tenant: &str, user: &str, name: &str) -> String {
+        let (_, list) = self.call("GET", "/v1/projects", user, tenant, None).await;
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("no project {name} in {list}"))["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+}
+
+#[tokio::test]
+async fn the_root_is_public_and_every_api_route_wants_a_credential() {
+    let r = start().await;
+    let res = r.http.get(format!("{}/", r.base)).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    for path in [
+        "/v1/me",
+        "/v1/projects",
+        "/v1/members",
+        "/v1/billing",
+        "/v1/nothing-here",
+    ] {
+        let res = r
+            .http
+            .get(format!("{}{path}", r.base))
+            .header("x-tenant-id", "acme")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "{path}");
+        assert!(
+            res.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("application/problem+json")
+        );
+        let res = r
+            .http
+            .get(format!("{}{path}", r.base))
+            .header("x-tenant-id", "acme")
+            .bearer_auth("not-a-token")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "{path} with garbage");
+    }
+}
+
+#[tokio::test]
+async fn each_role_may_do_what_it_should_and_nothing_more() {
+    let r = start().await;
+    let (s, me) = r.call("GET", "/v1/me", "ada", "acme", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(me["roles"], json!(["owner"]));
+    assert_eq!(me["plan"], "free");
+
+    // Viewer: reads, may not create.
+    let (s, list) = r.call("GET", "/v1/projects", "dee", "acme", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    let (s, p) = r
+        .call("POST", "/v1/projects", "dee", "acme", Some(json!({"name": "x"})))
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert_eq!(p["type"], "urn:saas-kit:problem:permission-denied");
+
+    // Member: creates, may not delete; admin deletes.
+    let (s, created) = r
+        .call("POST", "/v1/projects", "cy", "acme", Some(json!({"name": "Cy's"})))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{created}");
+    let id = created["id"].as_str().unwrap();
+    let (s, _) = r
+        .call("DELETE", &format!("/v1/projects/{id}"), "cy", "acme", None)
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _) = r
+        .call("DELETE", &format!("/v1/projects/{id}"), "ben", "acme", None)
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = r.call("GET", &format!("/v1/projects/{id}"), "ben", "acme", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // Every member sees who else is in the organisation; billing is the owner's alone.
+    let (s, members) = r.call("GET", "/v1/members", "dee", "acme", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(members["members"].as_array().unwrap().len(), 5);
+    assert_eq!(
+        r.call("GET", "/v1/billing", "ada", "acme", None).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        r.call("GET", "/v1/billing", "ben", "acme", None).await.0,
+        StatusCode::FORBIDDEN
+    );
+
+    // The custom role: reads, nothing else.
+    assert_eq!(
+        r.call("GET", "/v1/projects", "eve", "acme", None).await.0,
+        StatusCode::OK
+    );
+    let (s, _) = r
+        .call("POST", "/v1/projects", "eve", "acme", Some(json!({"name": "e"})))
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+
+    // Bad input: a typed problem, nothing stored.
+    let (s, p) = r
+        .call("POST", "/v1/projects", "ada", "acme", Some(json!({"name": ""})))
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{p}");
+    let (s, _) = r
+        .call("POST", "/v1/projects", "ada", "acme", Some(json!({"nom": 1})))
+        .await;
+    assert!(s.is_client_error());
+}
+
+#[tokio::test]
+async fn a_projects_editor_works_in_that_project_only() {
+    let r = start().await;
+    let granted = r.project_id("acme", "ada", "Website relaunch").await;
+    let other = r.project_id("acme", "ada", "Q3 planning").await;
+    let (s, t) = r
+        .call(
+            "POST",
+            &format!("/v1/projects/{granted}/tasks"),
+            "dee",
+            "acme",
+            Some(json!({"title": "Pick colours"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{t}");
+    let (s, _) = r
+        .call(
+            "POST",
+            &format!("/v1/projects/{other}/tasks"),
+            "dee",
+            "acme",
+            Some(json!({"title": "No"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, tasks) = r
+        .call("GET", &format!("/v1/projects/{granted}/tasks"), "dee", "acme", None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(tasks.as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn another_tenants_data_is_not_found_through_any_route() {
+    let r = start().await;
+    let acme_project = r.project_id("acme", "ada", "Website relaunch").await;
+    // A globex member naming acme: the same 404 as a tenant that does not exist.
+    for (method, path) in [
+        ("GET", "/v1/me".to_owned()),
+        ("GET", "/v1/projects".to_owned()),
+        ("GET", format!("/v1/projects/{acme_project}")),
+        ("GET", format!("/v1/projects/{acme_project}/tasks")),
+        ("DELETE", format!("/v1/projects/{acme_project}")),
+        ("GET", "/v1/members".to_owned()),
+        ("GET", "/v1/billing".to_owned()),
+    ] {
+        let (s, _) = r.call(method, &path, "gil", "acme", None).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{method} {path} as gil in acme");
+        let (s, _) = r.call(method, &path, "gil", "no-such-tenant", None).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{method} {path} in a missing tenant");
+    }
+    // Globex's owner in their own tenant, with acme's ids: not found, nothing touched.
+    for (method, path, body) in [
+        ("GET", format!("/v1/projects/{acme_project}"), None),
+        ("GET", format!("/v1/projects/{acme_project}/tasks"), None),
+        (
+            "POST",
+            format!("/v1/projects/{acme_project}/tasks"),
+            Some(json!({"title": "planted"})),
+        ),
+        ("POST", format!("/v1/projects/{acme_project}/archive"), None),
+        ("DELETE", format!("/v1/projects/{acme_project}"), None),
+    ] {
+        let (s, _) = r.call(method, &path, "gil", "globex", body).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{method} {path} as gil in globex");
+    }
+    let (_, tasks) = r
+        .call(
+            "GET",
+            &format!("/v1/projects/{acme_project}/tasks"),
+            "ada",
+            "acme",
+            None,
+        )
+        .await;
+    assert_eq!(
+        tasks.as_array().unwrap().len(),
+        1,
+        "acme's project was touched: {tasks}"
+    );
+}
+
+#[tokio::test]
+async fn the_free_plans_project_limit_answers_402_naming_the_plan_that_grants_more() {
+    let r = start().await;
+    // Free allows 3 projects; acme has 2.
+    let (s, _) = r
+        .call("POST", "/v1/projects", "ada", "acme", Some(json!({"name": "Third"})))
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, p) = r
+        .call("POST", "/v1/projects", "ada", "acme", Some(json!({"name": "Fourth"})))
+        .await;
+    assert_eq!(s, StatusCode::PAYMENT_REQUIRED, "{p}");
+    assert_eq!(p["feature"], "projects", "{p}");
+    assert_eq!(p["limit"], 3, "{p}");
+    assert_eq!(p["used"], 3, "{p}");
+    assert_eq!(p["upgrade_to"], "pro", "{p}");
+    // Archiving one frees a slot.
+    let third = r.project_id("acme", "ada", "Third").await;
+    let (s, _) = r
+        .call("POST", &format!("/v1/projects/{third}/archive"), "ada", "acme", None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = r
+        .call("POST", "/v1/projects", "ada", "acme", Some(json!({"name": "Fourth"})))
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn stripe_webhooks_are_verified_and_every_signed_event_acknowledged() {
+    let r = start().await;
+    let url = format!("{}/webhooks/stripe", r.base);
+    let body = r#"{"id":"evt_app_1","object":"event","type":"customer.tax_id.created","created":1767225600,"livemode":false,"data":{"object":{"id":"txi_1"}}}"#;
+    let now = Utc::now().timestamp();
+    let post = |sig: Option<String>| {
+        let mut req = r.http.post(&url).body(body);
+        if let Some(s) = sig {
+            req = req.header("stripe-signature", s);
+        }
+        req.send()
+    };
+    let ok = post(Some(sign(SECRET, now, body.as_bytes()))).await.unwrap();
+    assert!(ok.status().is_success(), "{}", ok.status());
+    for (why, sig) in [
+        ("missing", None),
+        ("wrong secret", Some(sign("whsec_other", now, body.as_bytes()))),
+        ("stale", Some(sign(SECRET, now - 3600, body.as_bytes()))),
+        ("garbage", Some("t=1,v1=zz".to_owned())),
+    ] {
+        let res = post(sig).await.unwrap();
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{why}");
+        assert!(
+            res.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("application/problem+json"),
+            "{why}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_owner_gets_a_checkout_page_and_the_summary_and_actions_are_audited() {
+    let r = start().await;
+    let (s, page) = r
+        .call(
+            "POST",
+            "/v1/billing/checkout",
+            "ada",
+            "acme",
+            Some(json!({"price": "pro_monthly"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{page}");
+    assert!(
+        page["url"]
+            .as_str()
+            .unwrap()
+            .starts_with("https://checkout.simulator.invalid/")
+    );
+    let (s, p) = r
+        .call(
+            "POST",
+            "/v1/billing/checkout",
+            "ada",
+            "acme",
+            Some(json!({"price": "gold"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{p}");
+    let (s, _) = r
+        .call(
+            "POST",
+            "/v1/billing/checkout",
+            "cy",
+            "acme",
+            Some(json!({"price": "pro_monthly"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, summary) = r.call("GET", "/v1/billing", "ada", "acme", None).await;
+    assert_eq!(s, StatusCode::OK, "{summary}");
+
+    let (s, created) = r
+        .call("POST", "/v1/projects", "cy", "acme", Some(json!({"name": "Audited"})))
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let actions: Vec<(String, String)> = sqlx::query_as(
+        "SELECT action, target_id FROM saas.audit_log a JOIN saas.tenants t ON t.id = a.tenant_id \
+         WHERE t.slug = 'acme' AND action LIKE 'project.%'",
+    )
+    .fetch_all(r.db.platform())
+    .await
+    .unwrap();
+    assert!(
+        actions
+            .iter()
+            .any(|(a, t)| a == "project.created" && t == created["id"].as_str().unwrap()),
+        "{actions:?}"
+    );
+    drop(r.app);
+}
