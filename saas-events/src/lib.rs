@@ -69,6 +69,8 @@ pub mod idempotency;
 pub mod job;
 pub mod jobs;
 pub mod mail;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 pub mod webhook;
 pub mod worker;
 

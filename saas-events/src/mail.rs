@@ -5,10 +5,17 @@
 //! Sends are outbox jobs: [`queue`] publishes a [`SendEmail`] in the caller's transaction,
 //! so an email is never sent for a rolled-back change, and a worker running
 //! [`MailHandler`] renders and sends it with retries — never lost.
+//!
+//! Values that must not sit in clear in the job table — an invitation link with its
+//! token, a sign-in link — go through [`queue_sealed`]: encrypted with a saas-core
+//! [`Keyring`] and bound to the tenant, opened by the worker
+//! ([`MailHandler::unseal_with`]) just before rendering.
 
 use std::future::Future;
 use std::sync::Arc;
 
+use saas_core::TenantId;
+use saas_core::crypto::{Aad, Keyring};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::PgConnection;
@@ -94,6 +101,45 @@ pub async fn queue(
     publish_with(tx, &job, &Publish::new().max_attempts(12))
         .await?
         .ok_or(crate::error::PublishError::Invalid("not inserted"))
+}
+
+/// The context key under which [`queue_sealed`] puts its ciphertexts.
+pub const SEALED: &str = "sealed";
+
+/// What a sealed value is bound to: its tenant and its name (a ciphertext copied into
+/// another tenant's job, or under another name, does not open).
+fn sealed_aad(tenant: TenantId, name: &str) -> Aad {
+    Aad::new(tenant, "saas.email_job.sealed").row(name)
+}
+
+/// [`queue`], with `sealed` values (name, value) encrypted by `keyring` for `tenant`: the
+/// job row holds only ciphertext under the context key [`SEALED`]. Publish it in
+/// `tenant`'s transaction; a worker whose [`MailHandler`] has the same keyring
+/// ([`MailHandler::unseal_with`]) puts the values back into the context before
+/// rendering. `context` must be a JSON object.
+pub async fn queue_sealed(
+    tx: &mut PgConnection,
+    tenant: TenantId,
+    keyring: &Keyring,
+    template: &str,
+    to: &[&str],
+    mut context: Value,
+    sealed: &[(&str, &str)],
+) -> Result<JobId, crate::error::PublishError> {
+    let mut ciphertexts = serde_json::Map::new();
+    for (name, value) in sealed {
+        let ct = keyring
+            .encrypt(value.as_bytes(), &sealed_aad(tenant, name))
+            .map_err(|_| crate::error::PublishError::Invalid("a value could not be sealed"))?;
+        ciphertexts.insert((*name).to_owned(), Value::String(ct));
+    }
+    let Some(map) = context.as_object_mut() else {
+        return Err(crate::error::PublishError::Invalid(
+            "the e-mail context must be a JSON object",
+        ));
+    };
+    map.insert(SEALED.to_owned(), Value::Object(ciphertexts));
+    queue(tx, template, to, context).await
 }
 
 const BUILT_IN: &[(&str, &str, &str, &str)] = &[
@@ -203,6 +249,7 @@ fn env() -> minijinja::Environment<'static> {
 pub struct MailHandler<M> {
     mailer: Arc<M>,
     templates: Templates,
+    keyring: Option<Arc<Keyring>>,
 }
 
 impl<M: Mailer> MailHandler<M> {
@@ -211,15 +258,50 @@ impl<M: Mailer> MailHandler<M> {
         MailHandler {
             mailer: Arc::new(mailer),
             templates,
+            keyring: None,
         }
+    }
+
+    /// Opens the values of [`queue_sealed`] with `keyring` (without it, a sealed e-mail
+    /// is dead-lettered).
+    pub fn unseal_with(mut self, keyring: Arc<Keyring>) -> Self {
+        self.keyring = Some(keyring);
+        self
+    }
+
+    /// The job's context with its sealed values opened.
+    fn unseal(&self, ctx: &JobContext, mut context: Value) -> Result<Value, JobError> {
+        let Some(Value::Object(sealed)) = context.as_object_mut().and_then(|o| o.remove(SEALED)) else {
+            return Ok(context);
+        };
+        let keyring = self
+            .keyring
+            .as_ref()
+            .ok_or_else(|| JobError::fatal("a sealed e-mail needs MailHandler::unseal_with"))?;
+        let tenant = ctx
+            .tenant()
+            .ok_or_else(|| JobError::fatal("a sealed e-mail must be published in its tenant's transaction"))?;
+        for (name, ct) in sealed {
+            let ct = ct
+                .as_str()
+                .ok_or_else(|| JobError::fatal(format!("sealed value {name:?} is not a string")))?;
+            let value = keyring
+                .decrypt_string(ct, &sealed_aad(tenant, &name))
+                .map_err(|e| JobError::fatal(format!("sealed value {name:?}: {e}")))?;
+            if let Some(map) = context.as_object_mut() {
+                map.insert(name, Value::String(value.into_inner()));
+            }
+        }
+        Ok(context)
     }
 }
 
 impl<M: Mailer> Handler<SendEmail> for MailHandler<M> {
-    async fn handle(&self, _ctx: JobContext, job: SendEmail) -> Result<(), JobError> {
+    async fn handle(&self, ctx: JobContext, job: SendEmail) -> Result<(), JobError> {
+        let context = self.unseal(&ctx, job.context)?;
         let email = self
             .templates
-            .render(&job.template, &job.to, &job.context)
+            .render(&job.template, &job.to, &context)
             .map_err(JobError::fatal)?;
         match self.mailer.send(&email).await {
             Ok(()) => Ok(()),

@@ -1,92 +1,22 @@
 //! Email through the outbox, sent over SMTP to a real local sink.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use saas_core::TenantId;
+use saas_core::crypto::Keyring;
 use saas_events::Worker;
 use saas_events::mail::{self, MailHandler, SmtpMailer, Templates};
+use saas_events::testkit::SmtpSink;
 use saas_tenancy::TenantTx;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::{db, platform, until};
-
-#[derive(Debug, Clone, Default)]
-struct Received {
-    from: String,
-    to: Vec<String>,
-    data: String,
-}
-
-/// A minimal SMTP server: accepts every message and keeps it. `reject_rcpt` answers
-/// 550 to that recipient (a permanent failure).
-async fn smtp_sink(reject_rcpt: Option<&'static str>) -> (Arc<Mutex<Vec<Received>>>, u16) {
-    let got: Arc<Mutex<Vec<Received>>> = Arc::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let g = Arc::clone(&got);
-    tokio::spawn(async move {
-        loop {
-            let (sock, _) = listener.accept().await.unwrap();
-            let g = Arc::clone(&g);
-            tokio::spawn(async move {
-                let (r, mut w) = sock.into_split();
-                let mut lines = BufReader::new(r).lines();
-                w.write_all(b"220 sink ESMTP\r\n").await.unwrap();
-                let mut cur = Received::default();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    let upper = line.to_ascii_uppercase();
-                    let reply: &[u8] = if upper.starts_with("EHLO") {
-                        b"250-sink\r\n250 8BITMIME\r\n"
-                    } else if upper.starts_with("HELO") || upper.starts_with("RSET") || upper.starts_with("NOOP") {
-                        b"250 ok\r\n"
-                    } else if upper.starts_with("MAIL FROM:") {
-                        cur = Received {
-                            from: line[10..].trim().to_owned(),
-                            ..Received::default()
-                        };
-                        b"250 ok\r\n"
-                    } else if upper.starts_with("RCPT TO:") {
-                        let rcpt = line[8..].trim().trim_matches(|c| c == '<' || c == '>').to_owned();
-                        if reject_rcpt == Some(rcpt.as_str()) {
-                            b"550 no such user\r\n"
-                        } else {
-                            cur.to.push(rcpt);
-                            b"250 ok\r\n"
-                        }
-                    } else if upper == "DATA" {
-                        w.write_all(b"354 go ahead\r\n").await.unwrap();
-                        let mut data = String::new();
-                        while let Ok(Some(l)) = lines.next_line().await {
-                            if l == "." {
-                                break;
-                            }
-                            data.push_str(&l);
-                            data.push('\n');
-                        }
-                        cur.data = data;
-                        g.lock().unwrap().push(std::mem::take(&mut cur));
-                        b"250 queued\r\n"
-                    } else if upper == "QUIT" {
-                        let _ = w.write_all(b"221 bye\r\n").await;
-                        return;
-                    } else {
-                        b"502 not implemented\r\n"
-                    };
-                    if w.write_all(reply).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (got, port)
-}
 
 #[tokio::test]
 async fn emails_are_outbox_jobs_sent_over_smtp_and_never_for_a_rollback() {
     let db = db().await;
-    let (got, port) = smtp_sink(Some("nobody@example.com")).await;
+    let sink = SmtpSink::start(Some("nobody@example.com")).await.unwrap();
+    let port = sink.port();
     let t = TenantId::new();
     let invite = serde_json::json!({"inviter": "Ada", "tenant": "Acme", "role": "member", "link": "https://acme.example/i/abc", "expires": "Friday"});
 
@@ -135,10 +65,10 @@ async fn emails_are_outbox_jobs_sent_over_smtp_and_never_for_a_rollback() {
             == "dead")
         .await
     );
-    assert!(until(Duration::from_secs(10), async || got.lock().unwrap().len() == 1).await);
+    assert!(until(Duration::from_secs(10), async || sink.received().len() == 1).await);
     worker.shutdown(Duration::from_secs(1)).await;
 
-    let got = got.lock().unwrap().clone();
+    let got = sink.received();
     assert_eq!(got.len(), 1, "only the committed, deliverable message: {got:?}");
     let m = &got[0];
     assert_eq!(m.to, ["bob@example.com"]);
@@ -155,4 +85,96 @@ async fn emails_are_outbox_jobs_sent_over_smtp_and_never_for_a_rollback() {
         "{:?}",
         dead[0].last_error
     );
+}
+
+#[tokio::test]
+async fn sealed_values_sit_encrypted_in_the_job_and_open_only_for_their_tenant() {
+    let db = db().await;
+    let sink = SmtpSink::start(None).await.unwrap();
+    let keyring = Arc::new(Keyring::from_spec(&format!("k1:{}", Keyring::generate_key())).unwrap());
+    let (t, other) = (TenantId::new(), TenantId::new());
+    let link = "https://acme.example/invitations/accept?token=inv_SECRET123";
+    let ctx = serde_json::json!({"inviter": "Ada", "tenant": "Acme", "role": "member", "expires": "Friday"});
+    let mut tx = TenantTx::begin(db.app(), t).await.unwrap();
+    mail::queue_sealed(
+        &mut tx,
+        t,
+        &keyring,
+        "invitation",
+        &["bob@example.com"],
+        ctx.clone(),
+        &[("link", link)],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert!(
+        mail::queue_sealed(
+            &mut TenantTx::begin(db.app(), t).await.unwrap(),
+            t,
+            &keyring,
+            "invitation",
+            &["bob@example.com"],
+            serde_json::json!([1]),
+            &[]
+        )
+        .await
+        .is_err(),
+        "a context that is not an object"
+    );
+
+    // What the platform sees in the job table: ciphertext only.
+    let payloads: Vec<String> = sqlx::query_scalar("SELECT payload::text FROM saas.jobs")
+        .fetch_all(db.platform())
+        .await
+        .unwrap();
+    assert_eq!(payloads.len(), 1);
+    assert!(!payloads[0].contains("SECRET123"), "{}", payloads[0]);
+    assert!(payloads[0].contains("\"sealed\""), "{}", payloads[0]);
+
+    // The same ciphertext copied into another tenant's e-mail does not open there.
+    let stolen: serde_json::Value = serde_json::from_str(&payloads[0]).unwrap();
+    let mut tx = TenantTx::begin(db.app(), other).await.unwrap();
+    let moved = mail::queue(&mut tx, "invitation", &["eve@example.com"], stolen["context"].clone())
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let mailer = SmtpMailer::unencrypted("127.0.0.1", sink.port(), "Acme <noreply@acme.example>").unwrap();
+    let p = platform(&db, 4).await;
+    let worker = Worker::builder(p.clone())
+        .queues([mail::QUEUE])
+        .poll_interval(Duration::from_millis(50))
+        .handle(MailHandler::new(mailer, Templates::built_in()).unseal_with(Arc::clone(&keyring)))
+        .start()
+        .await
+        .unwrap();
+    let jobs = saas_events::Jobs::new(p);
+    assert!(until(Duration::from_secs(10), async || sink.received().len() == 1).await);
+    assert!(
+        until(Duration::from_secs(10), async || jobs
+            .state(Some(other), moved)
+            .await
+            .unwrap()
+            .0
+            == "dead")
+        .await,
+        "the moved ciphertext opened"
+    );
+    let dead = jobs.dead(mail::QUEUE, 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert!(
+        dead[0]
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("sealed value \"link\""),
+        "dead for another reason: {:?}",
+        dead[0].last_error
+    );
+    worker.shutdown(Duration::from_secs(1)).await;
+    let got = sink.received();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].to, ["bob@example.com"]);
+    assert!(got[0].decoded().contains(link), "{}", got[0].data);
 }
