@@ -69,8 +69,9 @@ pub struct InvitationMessage {
     pub inviter_email: Option<String>,
 }
 
-/// Sends invitation emails. saas-events implements it with an outbox job; the
-/// transaction is passed so that a send commits with the invitation or not at all.
+/// Sends invitation emails. [`OutboxMailer`] (feature `events`) queues a saas-events
+/// e-mail job; the transaction is passed so that a send commits with the invitation or
+/// not at all.
 pub trait InvitationMailer: Send + Sync + 'static {
     /// Sends (or enqueues) `message`.
     fn send_invitation(
@@ -535,6 +536,63 @@ impl<M: InvitationMailer, L: SeatLimit> Invitations<M, L> {
             Some(r) if r.try_get::<bool, _>("accepted")? => InvitationError::AlreadyAccepted,
             Some(_) => InvitationError::Revoked,
         })
+    }
+}
+
+/// Invitation e-mails through saas-events' outbox (feature `events`): the built-in
+/// `invitation` template, queued in the inviting transaction, with the accept link — which
+/// carries the token — sealed by a saas-core [`Keyring`](saas_core::crypto::Keyring), so
+/// the job table never holds it in clear. Run saas-events' `MailHandler` with
+/// `unseal_with` and the same keyring.
+#[cfg(feature = "events")]
+#[derive(Debug, Clone)]
+pub struct OutboxMailer {
+    keyring: Arc<saas_core::crypto::Keyring>,
+    accept_url: String,
+}
+
+#[cfg(feature = "events")]
+impl OutboxMailer {
+    /// Links go to `accept_url` (the page that takes the token, such as
+    /// `https://app.example.com/invitations/accept`) with `token=<token>` added.
+    pub fn new(keyring: Arc<saas_core::crypto::Keyring>, accept_url: impl Into<String>) -> Self {
+        Self {
+            keyring,
+            accept_url: accept_url.into(),
+        }
+    }
+}
+
+#[cfg(feature = "events")]
+impl InvitationMailer for OutboxMailer {
+    async fn send_invitation(&self, conn: &mut PgConnection, message: &InvitationMessage) -> Result<(), MailerError> {
+        let fail = |e: &dyn std::fmt::Display| MailerError(e.to_string());
+        let inv = &message.invitation;
+        let tenant: Option<String> = sqlx::query_scalar("SELECT name FROM saas.tenants WHERE id = $1")
+            .bind(inv.tenant_id)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(|e| fail(&e))?;
+        let sep = if self.accept_url.contains('?') { '&' } else { '?' };
+        let link = format!("{}{sep}token={}", self.accept_url, message.token.expose());
+        let context = serde_json::json!({
+            "inviter": message.inviter_email.as_deref().unwrap_or("A colleague"),
+            "tenant": tenant.as_deref().unwrap_or("your team"),
+            "role": inv.role,
+            "expires": inv.expires_at.format("%Y-%m-%d %H:%M UTC").to_string(),
+        });
+        saas_events::mail::queue_sealed(
+            conn,
+            inv.tenant_id,
+            &self.keyring,
+            "invitation",
+            &[inv.email.as_str()],
+            context,
+            &[("link", link.as_str())],
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| fail(&e))
     }
 }
 

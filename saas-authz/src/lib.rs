@@ -84,6 +84,8 @@ mod users;
 pub use apikey::{ApiKey, ApiKeys, IssuedApiKey, NewApiKey, is_permission_name};
 pub use claims::{ClaimPreset, Identity};
 pub use error::{ApiKeyError, AuthError, InvitationError, IssuerError, MailerError, MemberError};
+#[cfg(feature = "events")]
+pub use invitation::OutboxMailer;
 #[cfg(any(test, feature = "testkit"))]
 pub use invitation::RecordingMailer;
 pub use invitation::{
