@@ -14,7 +14,11 @@ use saas_authz::LocalIssuer;
 use saas_billing::Simulator;
 use saas_billing::webhook::{WebhookSecrets, sign};
 use saas_core::clock::ManualClock;
+use saas_core::crypto::Keyring;
 use saas_core::testkit::TestDb;
+use saas_events::WorkerHandle;
+use saas_events::mail::SmtpMailer;
+use saas_events::testkit::SmtpSink;
 use serde_json::{Value, json};
 
 const SECRET: &str = "whsec_app_e2e";
@@ -26,6 +30,8 @@ struct Running {
     http: reqwest::Client,
     app: App,
     db: TestDb,
+    sink: SmtpSink,
+    _worker: WorkerHandle,
     _server: tokio::task::JoinHandle<()>,
 }
 
@@ -54,11 +60,17 @@ async fn start() -> Running {
             webhook_secrets: WebhookSecrets::new(SECRET).unwrap(),
             public_url: base.clone(),
             clock: Arc::new(clock.clone()),
+            keyring: Arc::new(Keyring::from_spec(&format!("t1:{}", Keyring::generate_key())).unwrap()),
         },
     )
     .await
     .unwrap();
     seed::demo(&app.shared, idp.issuer(), &clock).await.unwrap();
+    let sink = SmtpSink::start(None).await.unwrap();
+    let worker = app
+        .worker(SmtpMailer::unencrypted("127.0.0.1", sink.port(), "saas-app <noreply@saas-app.test>").unwrap())
+        .await
+        .unwrap();
     let router = app.router.clone();
     let server = tokio::spawn(async move {
         axum::serve(listener, router).await.unwrap();
@@ -69,14 +81,17 @@ async fn start() -> Running {
         http: reqwest::Client::new(),
         app,
         db,
+        sink,
+        _worker: worker,
         _server: server,
     }
 }
 
 impl Running {
     fn token(&self, user: &str) -> String {
-        let email = seed::person_named(user).map_or("", |p| p.email);
-        self.idp.token(user).audience("api").email(email).mfa(true).sign()
+        // People outside the seed are globex's invitees.
+        let email = seed::person_named(user).map_or_else(|| format!("{user}@globex.test"), |p| p.email.to_owned());
+        self.idp.token(user).audience("api").email(&email).mfa(true).sign()
     }
 
     /// `method path` as `user` in `tenant`, with an optional JSON body: (status, body).
@@ -115,6 +130,18 @@ impl Running {
             );
         }
         (status, value)
+    }
+
+    /// [`call`](Self::call) with a credential other than a local-issuer token.
+    async fn call_with(&self, method: &str, path: &str, bearer: &str, tenant: &str) -> StatusCode {
+        self.http
+            .request(method.parse().unwrap(), format!("{}{path}", self.base))
+            .header("x-tenant-id", tenant)
+            .bearer_auth(bearer)
+            .send()
+            .await
+            .unwrap()
+            .status()
     }
 
     async fn project_id(&self, tenant: &str, user: &str, name: &str) -> String {
@@ -440,4 +467,228 @@ async fn the_owner_gets_a_checkout_page_and_the_summary_and_actions_are_audited(
         "{actions:?}"
     );
     drop(r.app);
+}
+
+/// Waits up to 10 s for `f`.
+async fn eventually(mut f: impl FnMut() -> bool) -> bool {
+    for _ in 0..200 {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn an_invitation_is_emailed_accepted_and_its_role_changed_with_an_audit_trail() {
+    let r = start().await;
+    // Every job as it was inserted (the worker deletes a sent e-mail's payload at once).
+    sqlx::raw_sql(
+        "CREATE TABLE test_job_log (payload text NOT NULL);
+         GRANT INSERT ON test_job_log TO saas_app, saas_platform;
+         CREATE FUNCTION test_log_job() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN INSERT INTO test_job_log VALUES (NEW.payload::text); RETURN NEW; END $$;
+         CREATE TRIGGER test_log_job AFTER INSERT ON saas.jobs FOR EACH ROW EXECUTE FUNCTION test_log_job();",
+    )
+    .execute(r.db.owner())
+    .await
+    .unwrap();
+    // Acme has all five seats of the Free plan taken: 402 naming the limit.
+    let (s, p) = r
+        .call(
+            "POST",
+            "/v1/invitations",
+            "ben",
+            "acme",
+            Some(json!({"email": "ivy@acme.test", "role": "member"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::PAYMENT_REQUIRED, "{p}");
+    assert_eq!(p["limit"], 5);
+    // In globex: a member may not invite; the owner may.
+    let (s, _) = r
+        .call(
+            "POST",
+            "/v1/invitations",
+            "hal",
+            "globex",
+            Some(json!({"email": "ivy@globex.test", "role": "member"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, p) = r
+        .call(
+            "POST",
+            "/v1/invitations",
+            "gil",
+            "globex",
+            Some(json!({"email": "not an address", "role": "member"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{p}");
+    let (s, inv) = r
+        .call(
+            "POST",
+            "/v1/invitations",
+            "gil",
+            "globex",
+            Some(json!({"email": "ivy@globex.test", "role": "member"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{inv}");
+
+    // The e-mail reaches the SMTP server; the job table never held the token in clear.
+    assert!(eventually(|| !r.sink.received().is_empty()).await, "no e-mail");
+    let mail = r.sink.received().remove(0);
+    assert_eq!(mail.to, ["ivy@globex.test"]);
+    let body = mail.decoded();
+    let token = body
+        .split("token=")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| c.is_whitespace() || c == '"' || c == '<').next())
+        .unwrap_or_else(|| panic!("no link in {body}"))
+        .to_owned();
+    assert!(
+        body.contains(&format!("{}/invitations/accept?token=", r.base)),
+        "{body}"
+    );
+    let stored: Vec<String> = sqlx::query_scalar("SELECT payload FROM test_job_log")
+        .fetch_all(r.db.owner())
+        .await
+        .unwrap();
+    assert!(!stored.is_empty());
+    assert!(
+        stored.iter().all(|p| !p.contains(&token)),
+        "the token sat in clear in a job"
+    );
+
+    // Someone else signed in cannot use it (their e-mail is not the invited one); ivy
+    // can, once.
+    let accept = |user: &'static str, token: String| {
+        let r = &r;
+        async move {
+            r.http
+                .post(format!("{}/v1/invitations/accept", r.base))
+                .bearer_auth(r.token(user))
+                .json(&json!({ "token": token }))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(accept("mallory", token.clone()).await.status(), StatusCode::FORBIDDEN);
+    let res = accept("ivy", token.clone()).await;
+    assert_eq!(res.status(), StatusCode::OK, "{}", res.text().await.unwrap());
+    assert_eq!(accept("ivy", token).await.status(), StatusCode::GONE, "used twice");
+    let (s, me) = r.call("GET", "/v1/me", "ivy", "globex", None).await;
+    assert_eq!(s, StatusCode::OK, "{me}");
+    assert_eq!(me["roles"], json!(["member"]));
+
+    // The owner makes ivy a viewer: she can no longer create.
+    let ivy = me["user"].as_str().unwrap().to_owned();
+
+    let (s, _) = r
+        .call(
+            "PUT",
+            &format!("/v1/members/{ivy}/roles"),
+            "hal",
+            "globex",
+            Some(json!({"roles": ["viewer"]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "a member changed a role");
+    let (s, m) = r
+        .call(
+            "PUT",
+            &format!("/v1/members/{ivy}/roles"),
+            "gil",
+            "globex",
+            Some(json!({"roles": ["viewer"]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{m}");
+    let (s, _) = r
+        .call("POST", "/v1/projects", "ivy", "globex", Some(json!({"name": "Ivy's"})))
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+
+    let actions: Vec<String> = sqlx::query_scalar(
+        "SELECT action FROM saas.audit_log a JOIN saas.tenants t ON t.id = a.tenant_id WHERE t.slug = 'globex' ORDER BY seq",
+    )
+    .fetch_all(r.db.platform())
+    .await
+    .unwrap();
+    for expected in ["invitation.created", "invitation.accepted", "member.roles_changed"] {
+        assert!(actions.iter().any(|a| a == expected), "no {expected} in {actions:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_removed_members_key_stops_working_and_a_service_accounts_does_not() {
+    let r = start().await;
+    let (s, k) = r
+        .call(
+            "POST",
+            "/v1/api-keys",
+            "ben",
+            "acme",
+            Some(json!({"name": "ben's script", "scopes": ["project:list", "project:read"]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{k}");
+    let member_key = k["secret"].as_str().unwrap().to_owned();
+    let (s, k) = r
+        .call(
+            "POST",
+            "/v1/api-keys",
+            "ben",
+            "acme",
+            Some(json!({"name": "ci", "scopes": ["project:list", "project:read"], "service_role": "viewer"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{k}");
+    let service_key = k["secret"].as_str().unwrap().to_owned();
+    assert_eq!(
+        r.call_with("GET", "/v1/projects", &member_key, "acme").await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        r.call_with("GET", "/v1/projects", &service_key, "acme").await,
+        StatusCode::OK
+    );
+    // A key of acme names another tenant: not found.
+    assert_eq!(
+        r.call_with("GET", "/v1/projects", &member_key, "globex").await,
+        StatusCode::NOT_FOUND
+    );
+    // Keys are listed without secrets, to admins only.
+    let (s, list) = r.call("GET", "/v1/api-keys", "ada", "acme", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(!list.to_string().contains(&member_key));
+    assert_eq!(
+        r.call("GET", "/v1/api-keys", "cy", "acme", None).await.0,
+        StatusCode::FORBIDDEN
+    );
+
+    let (_, ben) = r.call("GET", "/v1/me", "ben", "acme", None).await;
+    let ben = ben["user"].as_str().unwrap().to_owned();
+    let (s, _) = r
+        .call("DELETE", &format!("/v1/members/{ben}"), "ada", "acme", None)
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let mut refused = false;
+    for _ in 0..100 {
+        let s = r.call_with("GET", "/v1/projects", &member_key, "acme").await;
+        if s == StatusCode::UNAUTHORIZED || s == StatusCode::NOT_FOUND {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(refused, "the removed member's key still works");
+    assert_eq!(
+        r.call_with("GET", "/v1/projects", &service_key, "acme").await,
+        StatusCode::OK
+    );
 }

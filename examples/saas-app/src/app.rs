@@ -5,10 +5,12 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::handler::Handler;
-use axum::routing::{get, post};
-use saas_authz::{ApiKeys, AuthenticateLayer, Authz, Memberships, Oidc, RequirePermission, Users};
+use axum::routing::{delete, get, post, put};
+use saas_authz::{
+    ApiKeys, AuthenticateLayer, Authz, Invitations, Memberships, Oidc, OutboxMailer, RequirePermission, Users,
+};
 use saas_billing::catalog::Catalog;
-use saas_billing::entitlements::{EntitlementsLayer, RequireEntitlement, TenantSnapshot};
+use saas_billing::entitlements::{EntitlementsLayer, RequireEntitlement, Seats, TenantSnapshot};
 use saas_billing::notify::Notifications;
 use saas_billing::provider::{BillingProvider, CheckoutRequest, HostedSession, Proration};
 use saas_billing::stripe::Stripe;
@@ -16,6 +18,7 @@ use saas_billing::summary::TenantBillingSummary;
 use saas_billing::webhook::{WebhookEndpoint, WebhookSecrets};
 use saas_billing::{AccessPolicy, Entitlements, Simulator};
 use saas_core::clock::Clock;
+use saas_core::crypto::Keyring;
 use saas_core::problem_layer::ProblemLayer;
 use saas_core::request_id::RequestIdLayer;
 use saas_core::telemetry::TraceLayer;
@@ -142,6 +145,10 @@ pub struct Shared {
     pub catalog: Arc<Catalog>,
     /// Where people reach the app.
     pub public_url: String,
+    /// Invitations: e-mailed through the outbox, seats from the plan.
+    pub invitations: Arc<Invitations<OutboxMailer, Seats>>,
+    /// Seals what the outbox must not hold in clear.
+    pub keyring: Arc<Keyring>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -153,6 +160,16 @@ impl std::fmt::Debug for Shared {
 }
 
 impl Shared {
+    /// Reloads `tenant`'s RBAC policy in this process now, after a change to its members'
+    /// roles: the request that demoted someone must not leave them their old rights for
+    /// the second the notification takes (other processes reload on the notification).
+    pub async fn policy_changed(&self, tenant: TenantId) {
+        if let Err(e) = self.authz.reload(tenant).await {
+            tracing::warn!(%tenant, error = %e, "reloading the permission policy failed; evicting it");
+            self.authz.evict(tenant);
+        }
+    }
+
     /// Recounts `tenant`'s limited features (projects, seats) after a change; a failure is
     /// logged (the next change or start recounts).
     pub async fn recount(&self, tenant: TenantId) {
@@ -174,6 +191,8 @@ pub struct Parts {
     pub public_url: String,
     /// The clock (tests move it).
     pub clock: Arc<dyn Clock>,
+    /// Encryption keys (invitation links in e-mail jobs).
+    pub keyring: Arc<Keyring>,
 }
 
 /// The running app's pieces: its router, and the tasks that keep its caches current.
@@ -274,6 +293,15 @@ impl App {
             flags.spawn_usage_flusher(Duration::from_secs(30)),
         ];
 
+        let invitations = Invitations::new(
+            memberships.clone(),
+            OutboxMailer::new(
+                Arc::clone(&parts.keyring),
+                format!("{}/invitations/accept", parts.public_url),
+            ),
+        )
+        .seat_limit(Seats::new(Arc::clone(&entitlements)))
+        .with_clock(Arc::clone(&parts.clock));
         let shared = Shared {
             db: db.clone(),
             platform: platform.clone(),
@@ -283,8 +311,11 @@ impl App {
             billing: parts.billing,
             catalog,
             public_url: parts.public_url,
+            invitations: Arc::new(invitations),
+            keyring: parts.keyring,
         };
 
+        let authenticate = AuthenticateLayer::new(users).oidc(parts.oidc).api_keys(keys.clone());
         let perm = |name: &'static str| {
             RequirePermission::new(&authz, name).map_err(|e| StartError::Product(format!("{name}: {e}")))
         };
@@ -304,6 +335,26 @@ impl App {
             .route(
                 "/v1/members",
                 get(routes::account::members).route_layer(perm("member:list")?),
+            )
+            .route(
+                "/v1/invitations",
+                post(routes::people::invite).route_layer(perm("invitation:create")?),
+            )
+            .route(
+                "/v1/members/{user}/roles",
+                put(routes::people::set_roles).route_layer(perm("member:update")?),
+            )
+            .route(
+                "/v1/members/{user}",
+                delete(routes::people::remove).route_layer(perm("member:delete")?),
+            )
+            .route(
+                "/v1/api-keys",
+                post(routes::people::create_key).get(routes::people::list_keys.layer(perm("api_key:manage")?)),
+            )
+            .route(
+                "/v1/api-keys/{id}",
+                delete(routes::people::revoke_key).route_layer(perm("api_key:manage")?),
             )
             .route(
                 "/v1/billing",
@@ -329,7 +380,11 @@ impl App {
                 TenantLayer::new(resolve::header("x-tenant-id"), PgTenantStore::new(db.app.clone()))
                     .membership(memberships),
             )
-            .layer(AuthenticateLayer::new(users).oidc(parts.oidc).api_keys(keys));
+            .layer(authenticate.clone());
+        // Signed in, not yet a member: accepting an invitation names its tenant in the token.
+        let joining = Router::new()
+            .route("/v1/invitations/accept", post(routes::people::accept))
+            .layer(authenticate);
 
         let webhooks = WebhookEndpoint::new(platform, parts.webhook_secrets);
         let router = Router::new()
@@ -337,7 +392,9 @@ impl App {
             .route("/health", get(routes::health))
             .route_service("/webhooks/stripe", webhooks)
             .merge(api)
+            .merge(joining)
             .layer(axum::Extension(shared.clone()))
+            .layer(axum::Extension(keys))
             .layer(axum::Extension(db.app.clone()))
             .layer(ProblemLayer::new())
             .layer(TraceLayer::new())
@@ -351,7 +408,7 @@ impl App {
         let builder = Worker::builder(s.platform.clone())
             .app_pool(s.db.app.clone())
             .queues(["default", saas_events::mail::QUEUE, "webhooks"])
-            .handle(MailHandler::new(mailer, Templates::built_in()));
+            .handle(MailHandler::new(mailer, Templates::built_in()).unseal_with(Arc::clone(&s.keyring)));
         s.billing
             .register(builder, &s.platform, &s.catalog, &s.public_url)
             .start()

@@ -34,6 +34,23 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// `PUBLIC_URL`: the URL people reach the app at (default `http://HOST:PORT`).
     pub public_url: String,
+    /// `SMTP_HOST`: send e-mail through this server instead of printing it; with
+    /// `SMTP_USERNAME`/`SMTP_PASSWORD` it is a TLS relay (port 465), without them plain
+    /// SMTP on `SMTP_PORT` (default 25; for a local sink like Mailpit, 1025).
+    pub smtp: Option<Smtp>,
+}
+
+/// An SMTP server to send e-mail through.
+#[derive(Debug, Clone)]
+pub struct Smtp {
+    /// `SMTP_HOST`.
+    pub host: String,
+    /// `SMTP_PORT` (plain SMTP only).
+    pub port: u16,
+    /// `SMTP_USERNAME` and `SMTP_PASSWORD`.
+    pub credentials: Option<(String, String)>,
+    /// `SMTP_FROM` (default `saas-app <noreply@localhost>`).
+    pub from: String,
 }
 
 impl Config {
@@ -62,6 +79,15 @@ impl Config {
             stripe_secret_key: var("STRIPE_SECRET_KEY"),
             stripe_api_base: var("STRIPE_API_BASE"),
             data_dir: var("SAAS_APP_DIR").map_or_else(|| PathBuf::from("target/saas-app"), PathBuf::from),
+            smtp: match var("SMTP_HOST") {
+                Some(host) => Some(Smtp {
+                    host,
+                    port: port("SMTP_PORT", 25)?,
+                    credentials: var("SMTP_USERNAME").zip(var("SMTP_PASSWORD")),
+                    from: var("SMTP_FROM").unwrap_or_else(|| "saas-app <noreply@localhost>".into()),
+                }),
+                None => None,
+            },
         })
     }
 }

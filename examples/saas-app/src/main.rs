@@ -20,7 +20,9 @@ use saas_authz::{ClaimPreset, Issuer, LocalIssuer, Oidc};
 use saas_billing::Simulator;
 use saas_billing::webhook::WebhookSecrets;
 use saas_core::clock::{ManualClock, SystemClock};
+use saas_core::crypto::Keyring;
 use saas_core::telemetry::{self, LogFormat, TelemetryConfig};
+use saas_events::mail::SmtpMailer;
 use saas_tenancy::IsolationError;
 
 const USAGE: &str = "usage: saas-app [serve | migrate | mint-token <user>]
@@ -161,6 +163,31 @@ fn webhook_secret(dir: &Path) -> Result<(String, bool), Fail> {
     Ok((secret, true))
 }
 
+/// `SAAS_ENCRYPTION_KEYS`, or a key generated on first start and kept under the data
+/// directory (invitation links are sealed with it in e-mail jobs).
+fn keyring(dir: &Path) -> Result<Keyring, Fail> {
+    if std::env::var_os(saas_core::crypto::KEYS_ENV).is_some() {
+        return Keyring::from_env().map_err(|e| fail(format!("{}: {e}", saas_core::crypto::KEYS_ENV)));
+    }
+    let path = dir.join("encryption-keys");
+    let spec = match std::fs::read_to_string(&path) {
+        Ok(spec) => spec,
+        Err(_) => {
+            let spec = format!("local1:{}", Keyring::generate_key());
+            std::fs::create_dir_all(dir)
+                .and_then(|()| std::fs::write(&path, &spec))
+                .map_err(|e| {
+                    fail(format!(
+                        "cannot write {} ({e}); set SAAS_APP_DIR to a writable directory",
+                        path.display()
+                    ))
+                })?;
+            spec
+        }
+    };
+    Keyring::from_spec(spec.trim()).map_err(|e| fail(format!("{}: {e}; delete it to make a new key", path.display())))
+}
+
 fn local_issuer_url(cfg: &Config) -> String {
     format!("http://{}:{}", cfg.host, cfg.local_issuer_port)
 }
@@ -268,6 +295,7 @@ async fn serve() -> Result<(), Fail> {
         webhook_secrets: WebhookSecrets::new(secret.clone())?,
         public_url: cfg.public_url.clone(),
         clock: Arc::new(SystemClock),
+        keyring: Arc::new(keyring(&cfg.data_dir)?),
     };
     let app = App::start(db, parts).await?;
     let issuer = match &local {
@@ -278,7 +306,17 @@ async fn serve() -> Result<(), Fail> {
         Some(_) => seed::demo(&app.shared, &issuer, &SystemClock).await?,
         None => Vec::new(),
     };
-    let worker = app.worker(ConsoleMailer).await?;
+    let worker = match &cfg.smtp {
+        Some(smtp) => {
+            let mailer = match &smtp.credentials {
+                Some((user, password)) => SmtpMailer::relay(&smtp.host, user, password, &smtp.from),
+                None => SmtpMailer::unencrypted(&smtp.host, smtp.port, &smtp.from),
+            }
+            .map_err(|e| fail(format!("SMTP_* settings: {e}")))?;
+            app.worker(mailer).await?
+        }
+        None => app.worker(ConsoleMailer).await?,
+    };
 
     banner(&cfg, local.as_ref(), &demo, &billing, &secret, generated_secret);
     axum::serve(listener, app.router.clone())
@@ -321,7 +359,12 @@ fn banner(
         Billing::Simulator(_) => "  billing          the simulator (not Stripe; set STRIPE_SECRET_KEY for Stripe)\n",
         Billing::Stripe(_) => "  billing          Stripe\n",
     });
-    out.push_str("  e-mail           printed here (console mailer; nothing is sent)\n");
+    match &cfg.smtp {
+        Some(smtp) => out.push_str(&format!("  e-mail           through {}\n", smtp.host)),
+        None => {
+            out.push_str("  e-mail           printed here (console mailer; nothing is sent; set SMTP_HOST to send)\n")
+        }
+    }
     if generated_secret {
         out.push_str(&format!(
             "  stripe webhooks  POST {base}/webhooks/stripe, signed with {secret} (generated; set STRIPE_WEBHOOK_SECRET)\n"

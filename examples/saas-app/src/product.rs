@@ -6,7 +6,9 @@ use saas_billing::catalog::{Catalog, CatalogError, Feature, Plan, Price};
 
 /// Every permission the API checks. The built-in roles take their defaults from the
 /// names (`viewer` reads and lists, `member` also creates and updates the product's
-/// resources, `admin` everything but billing and the tenant, `owner` everything).
+/// resources, `admin` everything but billing and the tenant, `owner` everything): so
+/// every member sees the member list, and `api_key:manage` (listing and revoking the
+/// tenant's keys) is not a read action, leaving it to admins.
 pub const PERMISSIONS: &[&str] = &[
     "project:list",
     "project:read",
@@ -20,8 +22,10 @@ pub const PERMISSIONS: &[&str] = &[
     "task:delete",
     "member:list",
     "member:read",
+    "member:update",
+    "member:delete",
     "invitation:create",
-    "api_key:create",
+    "api_key:manage",
     "audit:read",
     "billing:read",
     "billing:manage",

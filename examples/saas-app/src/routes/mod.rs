@@ -2,6 +2,7 @@
 
 pub mod account;
 pub mod billing;
+pub mod people;
 pub mod projects;
 
 use axum::Json;
