@@ -184,8 +184,22 @@ pub async fn process_event_notifying<P: BillingProvider + ?Sized>(
             event["type"].as_str().unwrap_or("?")
         ))
     } else {
+        // A subscription event says which status the subscription had when it happened:
+        // the mirror dates the status from then, not from when a worker got to it, so a
+        // grace period runs from the failed payment whatever the delivery delay.
+        let reported = match (
+            object["object"].as_str(),
+            object["status"].as_str(),
+            event["created"].as_i64(),
+        ) {
+            (Some("subscription"), Some(status), Some(at)) => status
+                .parse::<SubscriptionStatus>()
+                .ok()
+                .zip(chrono::DateTime::<chrono::Utc>::from_timestamp(at, 0)),
+            _ => None,
+        };
         for id in &ids {
-            sync_subscription(platform, provider, id, event_id).await?;
+            sync_subscription_at(platform, provider, id, event_id, reported).await?;
         }
         Processed::Applied(ids)
     };
@@ -228,12 +242,28 @@ pub async fn process_event_notifying<P: BillingProvider + ?Sized>(
 }
 
 /// Refetches subscription `id` and applies it to the mirror (`cause`: the event id, or
-/// `reconcile`). Returns the status change it made, if any.
+/// `reconcile`). Returns the status change it made, if any. A status change is dated now
+/// (see [`sync_subscription_at`]).
 pub async fn sync_subscription<P: BillingProvider + ?Sized>(
     platform: &PlatformPool,
     provider: &P,
     id: &str,
     cause: &str,
+) -> Result<Option<(Option<SubscriptionStatus>, SubscriptionStatus)>, SyncError> {
+    sync_subscription_at(platform, provider, id, cause, None).await
+}
+
+/// [`sync_subscription`] with what the event being processed reported: the status the
+/// subscription had and when (a `customer.subscription.*` event's object and `created`).
+/// When the refetched status is that one, the mirror dates it from the event — the
+/// earliest moment it is known to hold, never before the status it replaced began —
+/// instead of from now: a delivery or worker delay does not move the grace period.
+pub async fn sync_subscription_at<P: BillingProvider + ?Sized>(
+    platform: &PlatformPool,
+    provider: &P,
+    id: &str,
+    cause: &str,
+    reported: Option<(SubscriptionStatus, chrono::DateTime<chrono::Utc>)>,
 ) -> Result<Option<(Option<SubscriptionStatus>, SubscriptionStatus)>, SyncError> {
     let mut tx = SystemTx::begin(platform, "billing-sync").await?;
     // Serialise every application to this subscription, then read the provider: what is
@@ -251,7 +281,8 @@ pub async fn sync_subscription<P: BillingProvider + ?Sized>(
         tx.rollback().await?;
         return Ok(None);
     };
-    let change = apply(&mut tx, tenant, &sub, cause).await?;
+    let happened = reported.filter(|(status, _)| *status == sub.status).map(|(_, at)| at);
+    let change = apply(&mut tx, tenant, &sub, cause, happened).await?;
     tx.commit().await?;
     Ok(change)
 }
@@ -300,6 +331,7 @@ async fn apply(
     tenant: TenantId,
     sub: &Subscription,
     cause: &str,
+    happened: Option<chrono::DateTime<chrono::Utc>>,
 ) -> Result<Option<(Option<SubscriptionStatus>, SubscriptionStatus)>, SyncError> {
     let current: Option<String> =
         sqlx::query_scalar("SELECT status FROM saas.billing_subscriptions WHERE subscription_id = $1 FOR UPDATE")
@@ -328,10 +360,11 @@ async fn apply(
         "INSERT INTO saas.billing_subscriptions (tenant_id, subscription_id, customer_id, status, status_since, \
              price_lookup_key, quantity, current_period_end, trial_end, cancel_at_period_end, synced_at, \
              current_period_start) \
-         VALUES ($1, $2, $3, $4, now(), $5, $6, $7, $8, $9, now(), $10) \
+         VALUES ($1, $2, $3, $4, coalesce($11, now()), $5, $6, $7, $8, $9, now(), $10) \
          ON CONFLICT (tenant_id, subscription_id) DO UPDATE SET \
              status_since = CASE WHEN billing_subscriptions.status = excluded.status \
-                                 THEN billing_subscriptions.status_since ELSE now() END, \
+                                 THEN least(billing_subscriptions.status_since, coalesce($11, 'infinity')) \
+                                 ELSE greatest(coalesce($11, now()), billing_subscriptions.status_since) END, \
              status = excluded.status, price_lookup_key = excluded.price_lookup_key, \
              quantity = excluded.quantity, current_period_end = excluded.current_period_end, \
              current_period_start = excluded.current_period_start, \
@@ -348,6 +381,7 @@ async fn apply(
     .bind(sub.trial_end)
     .bind(sub.cancel_at_period_end)
     .bind(sub.current_period_start)
+    .bind(happened)
     .execute(&mut **tx)
     .await?;
     if from == Some(to) {

@@ -363,6 +363,19 @@ async fn a_worker_applies_delivered_events_to_the_mirror() {
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
     assert_eq!(status, "active");
+    // The change is dated when the provider's event happened (the trial's end, on the
+    // simulator's clock), not when the worker applied it (today).
+    let since: chrono::DateTime<Utc> =
+        sqlx::query_scalar("SELECT status_since FROM saas.billing_subscriptions WHERE subscription_id = $1")
+            .bind(&sub)
+            .fetch_one(db.platform())
+            .await
+            .unwrap();
+    let trial_end = Utc.with_ymd_and_hms(2026, 1, 15, 0, 0, 0).unwrap();
+    assert!(
+        since >= trial_end && since <= clock.now(),
+        "status_since {since} is not the event's time (trial end {trial_end})"
+    );
     // A billing job published by a tenant is dead-lettered, not run.
     let mut tx = saas_tenancy::TenantTx::begin(db.app(), tenant).await.unwrap();
     saas_events::publish(
