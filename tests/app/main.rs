@@ -12,7 +12,7 @@ use saas_app::app::{App, Billing, Parts};
 use saas_app::{seed, setup};
 use saas_authz::LocalIssuer;
 use saas_billing::Simulator;
-use saas_billing::webhook::{WebhookSecrets, sign};
+use saas_billing::webhook::sign;
 use saas_core::clock::ManualClock;
 use saas_core::crypto::Keyring;
 use saas_core::testkit::TestDb;
@@ -31,15 +31,18 @@ struct Running {
     app: App,
     db: TestDb,
     sink: SmtpSink,
+    clock: ManualClock,
     _worker: WorkerHandle,
     _server: tokio::task::JoinHandle<()>,
 }
 
 async fn start() -> Running {
     let db = TestDb::new(&setup::migrators()).await.unwrap();
-    let clock = ManualClock::new(Utc::now());
+    // The simulated time starts four months back, so that however far a test moves it,
+    // it stays behind the database's clock (which dates what the simulator did not).
+    let clock = ManualClock::new(Utc::now() - chrono::Duration::days(120));
     let idp = LocalIssuer::start().await.unwrap();
-    let sim = Simulator::new(clock.clone());
+    let sim = Simulator::new(clock.clone()).unpaid_when_retries_run_out();
     saas_billing::catalog::push(&saas_app::product::catalog().unwrap(), &sim)
         .await
         .unwrap();
@@ -57,7 +60,7 @@ async fn start() -> Running {
         Parts {
             oidc: idp.oidc("api").await.unwrap(),
             billing: Billing::Simulator(Arc::new(sim)),
-            webhook_secrets: WebhookSecrets::new(SECRET).unwrap(),
+            webhook_secret: SECRET.into(),
             public_url: base.clone(),
             clock: Arc::new(clock.clone()),
             keyring: Arc::new(Keyring::from_spec(&format!("t1:{}", Keyring::generate_key())).unwrap()),
@@ -82,6 +85,7 @@ async fn start() -> Running {
         app,
         db,
         sink,
+        clock,
         _worker: worker,
         _server: server,
     }
@@ -691,4 +695,154 @@ async fn a_removed_members_key_stops_working_and_a_service_accounts_does_not() {
         r.call_with("GET", "/v1/projects", &service_key, "acme").await,
         StatusCode::OK
     );
+}
+
+/// Polls `path` as `user` in `tenant` until `check` holds (the worker applies webhooks and
+/// the entitlements follow within a second or two).
+async fn until_state(r: &Running, user: &str, tenant: &str, path: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..150 {
+        let (s, v) = r.call("GET", path, user, tenant, None).await;
+        if s == StatusCode::OK && check(&v) {
+            return v;
+        }
+        last = v;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("{path} as {user} never reached the expected state; last: {last}");
+}
+
+#[tokio::test]
+async fn a_subscription_lives_through_trial_payment_failure_grace_restriction_and_recovery() {
+    let r = start().await;
+    let relay = r.app.shared.relay.clone().expect("the simulator's relay");
+    // Checkout for Pro: the plan's 14-day trial applies.
+    let (s, page) = r
+        .call(
+            "POST",
+            "/v1/billing/checkout",
+            "ada",
+            "acme",
+            Some(json!({"price": "pro_monthly"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{page}");
+    let session = page["id"].as_str().unwrap().to_owned();
+    // Another tenant cannot complete acme's checkout.
+    let (s, _) = r
+        .call(
+            "POST",
+            "/v1/billing/simulator/complete",
+            "gil",
+            "globex",
+            Some(json!({"session": session})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, done) = r
+        .call(
+            "POST",
+            "/v1/billing/simulator/complete",
+            "ada",
+            "acme",
+            Some(json!({"session": session})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{done}");
+    until_state(&r, "ada", "acme", "/v1/billing", |b| {
+        b["subscription"]["status"] == "trialing"
+    })
+    .await;
+    until_state(&r, "ada", "acme", "/v1/me", |m| m["plan"] == "pro").await;
+    // Pro allows 50 projects: a fourth is fine now.
+    let (s, _) = r
+        .call("POST", "/v1/projects", "ada", "acme", Some(json!({"name": "Third"})))
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, p) = r
+        .call("POST", "/v1/projects", "ada", "acme", Some(json!({"name": "Fourth"})))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{p}");
+
+    // The trial ends and the card pays: active.
+    relay.sim.advance(chrono::Duration::days(15));
+    relay.deliver().await.unwrap();
+    until_state(&r, "ada", "acme", "/v1/billing", |b| {
+        b["subscription"]["status"] == "active"
+    })
+    .await;
+
+    // The card starts failing; the renewal fails: past due, paid features held (grace).
+    let customer: String = sqlx::query_scalar(
+        "SELECT c.customer_id FROM saas.billing_customers c JOIN saas.tenants t ON t.id = c.tenant_id WHERE t.slug = 'acme'",
+    )
+    .fetch_one(r.db.platform())
+    .await
+    .unwrap();
+    relay.sim.set_payment_method(&customer, false).unwrap();
+    relay.sim.advance(chrono::Duration::days(31));
+    relay.deliver().await.unwrap();
+    until_state(&r, "ada", "acme", "/v1/billing", |b| {
+        b["subscription"]["status"] == "past_due"
+    })
+    .await;
+    let me = until_state(&r, "ada", "acme", "/v1/me", |m| m["payment_problem"] == true).await;
+    assert_eq!(me["plan"], "pro", "the grace period keeps the plan: {me}");
+    assert_eq!(
+        r.call("POST", "/v1/projects", "ada", "acme", Some(json!({"name": "In grace"})))
+            .await
+            .0,
+        StatusCode::CREATED
+    );
+    // The owners were told by e-mail.
+    assert!(
+        eventually(|| r
+            .sink
+            .received()
+            .iter()
+            .any(|m| m.to == ["ada@acme.test"] && m.decoded().contains("could not charge")))
+        .await,
+        "no payment-failed e-mail: {:?}",
+        r.sink.received()
+    );
+
+    // Three days on (the first retry fails too): the grace is over, paid features restricted.
+    relay
+        .sim
+        .advance(chrono::Duration::days(3) + chrono::Duration::hours(1));
+    relay.deliver().await.unwrap();
+    until_state(&r, "ada", "acme", "/v1/me", |m| m["plan"] == "free").await;
+    let (s, p) = r
+        .call(
+            "POST",
+            "/v1/projects",
+            "ada",
+            "acme",
+            Some(json!({"name": "Restricted"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::PAYMENT_REQUIRED, "{p}");
+    // Nothing was deleted: the projects are all still there to read.
+    let (_, list) = r.call("GET", "/v1/projects", "ada", "acme", None).await;
+    assert_eq!(list.as_array().unwrap().len(), 5);
+
+    // The card is fixed; the next retry pays: active again, the plan back.
+    relay.sim.set_payment_method(&customer, true).unwrap();
+    relay.sim.advance(chrono::Duration::days(2));
+    relay.deliver().await.unwrap();
+    until_state(&r, "ada", "acme", "/v1/billing", |b| {
+        b["subscription"]["status"] == "active"
+    })
+    .await;
+    until_state(&r, "ada", "acme", "/v1/me", |m| {
+        m["plan"] == "pro" && m["payment_problem"] == false
+    })
+    .await;
+    assert_eq!(
+        r.call("POST", "/v1/projects", "ada", "acme", Some(json!({"name": "Restored"})))
+            .await
+            .0,
+        StatusCode::CREATED
+    );
+    let _ = &r.clock;
 }

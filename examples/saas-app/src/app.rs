@@ -63,19 +63,23 @@ macro_rules! with_provider {
 }
 
 impl Billing {
-    /// A checkout page for `tenant` buying `price` (the tenant's customer is created on
-    /// first use).
+    /// A checkout page for `tenant` buying `price`, with a trial of `trial_days` (0: none;
+    /// the tenant's customer is created on first use).
     pub async fn checkout(
         &self,
         platform: &PlatformPool,
         tenant: TenantId,
         email: Option<&str>,
         price: &str,
+        trial_days: u32,
         return_url: &str,
     ) -> Result<HostedSession, Problem> {
         with_provider!(self, p => {
             let customer = saas_billing::customer_for(platform, &**p, tenant, email).await.map_err(internal)?;
-            let request = CheckoutRequest::new(tenant, &customer, price, return_url, return_url);
+            let mut request = CheckoutRequest::new(tenant, &customer, price, return_url, return_url);
+            if trial_days > 0 {
+                request = request.trial_days(trial_days);
+            }
             p.checkout_session(&request).await.map_err(internal)
         })
     }
@@ -149,6 +153,8 @@ pub struct Shared {
     pub invitations: Arc<Invitations<OutboxMailer, Seats>>,
     /// Seals what the outbox must not hold in clear.
     pub keyring: Arc<Keyring>,
+    /// With the simulator: delivers its events to the webhook endpoint.
+    pub relay: Option<Arc<SimulatorRelay>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -185,8 +191,8 @@ pub struct Parts {
     pub oidc: Oidc,
     /// The billing provider.
     pub billing: Billing,
-    /// Stripe's webhook signing secrets.
-    pub webhook_secrets: WebhookSecrets,
+    /// Stripe's webhook signing secret (`whsec_…`; comma-separated during a rotation).
+    pub webhook_secret: String,
     /// Where people reach the app.
     pub public_url: String,
     /// The clock (tests move it).
@@ -266,7 +272,9 @@ impl App {
         let entitlements = Entitlements::load(
             &platform,
             Arc::clone(&catalog),
-            AccessPolicy::new("free").grace_period(chrono::Duration::days(7)),
+            // Paid features hold for 3 days after a failed payment: shorter than the
+            // provider's retries (3, 5 and 7 days), so a card fixed late restores them.
+            AccessPolicy::new("free").grace_period(chrono::Duration::days(3)),
             Arc::clone(&parts.clock),
         )
         .await
@@ -293,6 +301,24 @@ impl App {
             flags.spawn_usage_flusher(Duration::from_secs(30)),
         ];
 
+        let secrets = WebhookSecrets::rotating(parts.webhook_secret.split(',').filter(|s| !s.trim().is_empty()))
+            .map_err(|e| StartError::Product(format!("STRIPE_WEBHOOK_SECRET: {e}")))?;
+        let relay = match &parts.billing {
+            Billing::Simulator(sim) => Some(Arc::new(SimulatorRelay {
+                sim: Arc::clone(sim),
+                endpoint: WebhookEndpoint::new(platform.clone(), secrets.clone()),
+                secret: parts
+                    .webhook_secret
+                    .split(',')
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned(),
+                delivered: tokio::sync::Mutex::new(0),
+                sessions: std::sync::Mutex::new(std::collections::HashMap::new()),
+            })),
+            Billing::Stripe(_) => None,
+        };
         let invitations = Invitations::new(
             memberships.clone(),
             OutboxMailer::new(
@@ -313,6 +339,7 @@ impl App {
             public_url: parts.public_url,
             invitations: Arc::new(invitations),
             keyring: parts.keyring,
+            relay,
         };
 
         let authenticate = AuthenticateLayer::new(users).oidc(parts.oidc).api_keys(keys.clone());
@@ -365,6 +392,10 @@ impl App {
                 post(routes::billing::checkout).route_layer(perm("billing:manage")?),
             )
             .route(
+                "/v1/billing/simulator/complete",
+                post(routes::billing::simulator_complete).route_layer(perm("billing:manage")?),
+            )
+            .route(
                 "/v1/billing/portal",
                 post(routes::billing::portal).route_layer(perm("billing:manage")?),
             )
@@ -386,7 +417,7 @@ impl App {
             .route("/v1/invitations/accept", post(routes::people::accept))
             .layer(authenticate);
 
-        let webhooks = WebhookEndpoint::new(platform, parts.webhook_secrets);
+        let webhooks = WebhookEndpoint::new(platform, secrets);
         let router = Router::new()
             .route("/", get(routes::root))
             .route("/health", get(routes::health))
@@ -413,6 +444,67 @@ impl App {
             .register(builder, &s.platform, &s.catalog, &s.public_url)
             .start()
             .await
+    }
+}
+
+/// With the simulator, its events reach the app the way Stripe's would: signed, posted
+/// to the webhook endpoint (in process), stored in the inbox and processed by the worker.
+pub struct SimulatorRelay {
+    /// The simulator.
+    pub sim: Arc<Simulator>,
+    endpoint: WebhookEndpoint,
+    secret: String,
+    delivered: tokio::sync::Mutex<usize>,
+    /// Checkout session → the tenant that opened it (a tenant completes only its own).
+    sessions: std::sync::Mutex<std::collections::HashMap<String, TenantId>>,
+}
+
+impl std::fmt::Debug for SimulatorRelay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimulatorRelay").finish_non_exhaustive()
+    }
+}
+
+impl SimulatorRelay {
+    /// Posts every event the simulator emitted since the last call; returns how many.
+    pub async fn deliver(&self) -> Result<usize, Problem> {
+        use tower::ServiceExt;
+        let mut delivered = self.delivered.lock().await;
+        let events = self.sim.events();
+        let new = events.get(*delivered..).unwrap_or_default();
+        for e in new {
+            let body = e.body();
+            let signature = saas_billing::webhook::sign(&self.secret, chrono::Utc::now().timestamp(), body.as_bytes());
+            let req = http::Request::post("/webhooks/stripe")
+                .header("stripe-signature", signature)
+                .body(axum::body::Body::from(body))
+                .map_err(internal)?;
+            let res = self.endpoint.clone().oneshot(req).await.map_err(internal)?;
+            if !res.status().is_success() {
+                return Err(internal(format!(
+                    "the webhook endpoint answered {} to {}",
+                    res.status(),
+                    e.id
+                )));
+            }
+            *delivered += 1;
+        }
+        Ok(new.len())
+    }
+
+    /// Remembers that `tenant` opened checkout `session`.
+    pub fn opened(&self, session: &str, tenant: TenantId) {
+        if let Ok(mut s) = self.sessions.lock() {
+            s.insert(session.to_owned(), tenant);
+        }
+    }
+
+    /// Whether `tenant` opened checkout `session`.
+    pub fn owns(&self, session: &str, tenant: TenantId) -> bool {
+        self.sessions
+            .lock()
+            .map(|s| s.get(session) == Some(&tenant))
+            .unwrap_or(false)
     }
 }
 

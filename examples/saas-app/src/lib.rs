@@ -18,7 +18,6 @@
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use saas_app::{app::{App, Billing, Parts}, setup};
 //! use saas_billing::Simulator;
-//! use saas_billing::webhook::WebhookSecrets;
 //! use saas_core::clock::{ManualClock, SystemClock};
 //! use std::sync::Arc;
 //!
@@ -29,7 +28,8 @@
 //! let app = App::start(db, Parts {
 //!     oidc: idp.oidc("api").await?,
 //!     billing: Billing::Simulator(Arc::new(Simulator::new(ManualClock::new(chrono::Utc::now())))),
-//!     webhook_secrets: WebhookSecrets::new("whsec_demo")?,
+//!     webhook_secret: "whsec_demo".into(),
+//!     keyring: Arc::new(saas_core::crypto::Keyring::from_spec(&format!("k1:{}", saas_core::crypto::Keyring::generate_key()))?),
 //!     public_url: "http://127.0.0.1:3000".into(),
 //!     clock: Arc::new(SystemClock),
 //! }).await?;

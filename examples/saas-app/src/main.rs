@@ -18,7 +18,6 @@ use saas_app::config::Config;
 use saas_app::{product, seed, setup};
 use saas_authz::{ClaimPreset, Issuer, LocalIssuer, Oidc};
 use saas_billing::Simulator;
-use saas_billing::webhook::WebhookSecrets;
 use saas_core::clock::{ManualClock, SystemClock};
 use saas_core::crypto::Keyring;
 use saas_core::telemetry::{self, LogFormat, TelemetryConfig};
@@ -292,7 +291,7 @@ async fn serve() -> Result<(), Fail> {
     let parts = Parts {
         oidc,
         billing: billing.clone(),
-        webhook_secrets: WebhookSecrets::new(secret.clone())?,
+        webhook_secret: secret.clone(),
         public_url: cfg.public_url.clone(),
         clock: Arc::new(SystemClock),
         keyring: Arc::new(keyring(&cfg.data_dir)?),

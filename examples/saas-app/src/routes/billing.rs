@@ -55,6 +55,16 @@ pub(crate) async fn checkout(
         .with_type("unknown-price"));
     }
     let return_url = format!("{}/v1/billing", shared.public_url);
+    // A plan's trial applies to a tenant's first subscription.
+    let trial_days = match shared
+        .billing
+        .summary(&shared.platform, &shared.entitlements, tenant.id())
+        .await?
+        .subscription
+    {
+        Some(_) => 0,
+        None => shared.catalog.plan_of_price(&body.price).map_or(0, |p| p.trial()),
+    };
     // The buyer's e-mail goes to the provider's customer (created once per tenant).
     let email = Memberships::get(&mut tx, principal.user_id)
         .await?
@@ -63,9 +73,26 @@ pub(crate) async fn checkout(
     let email = email.as_deref();
     let page = shared
         .billing
-        .checkout(&shared.platform, tenant.id(), email, &body.price, &return_url)
+        .checkout(
+            &shared.platform,
+            tenant.id(),
+            email,
+            &body.price,
+            trial_days,
+            &return_url,
+        )
         .await?;
-    Ok(Json(json!({ "id": page.id, "url": page.url })))
+    match &shared.relay {
+        Some(relay) => {
+            relay.opened(&page.id, tenant.id());
+            Ok(Json(json!({
+                "id": page.id,
+                "url": page.url,
+                "simulator": "this is the billing simulator, not Stripe: finish with POST /v1/billing/simulator/complete {\"session\": id}",
+            })))
+        }
+        None => Ok(Json(json!({ "id": page.id, "url": page.url }))),
+    }
 }
 
 /// `POST /v1/billing/portal` (`billing:manage`): the provider's customer portal.
@@ -79,4 +106,42 @@ pub(crate) async fn portal(
         .portal(&shared.platform, tenant.id(), &return_url)
         .await?;
     Ok(Json(json!({ "id": page.id, "url": page.url })))
+}
+
+/// The body of `POST /v1/billing/simulator/complete`.
+#[derive(Debug, Deserialize)]
+pub struct Complete {
+    /// The checkout session's id.
+    pub session: String,
+    /// Whether the card works (default true).
+    #[serde(default = "yes")]
+    pub pays: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `POST /v1/billing/simulator/complete` (`billing:manage`; only with the simulator): pays
+/// on the simulated checkout page this tenant opened; the simulator's events then reach
+/// the webhook endpoint like Stripe's.
+pub(crate) async fn simulator_complete(
+    Extension(shared): Extension<Shared>,
+    tenant: TenantContext,
+    Json(body): Json<Complete>,
+) -> Result<Json<Value>, Problem> {
+    let Some(relay) = &shared.relay else {
+        return Err(Problem::not_found().with_detail("the billing simulator is not in use"));
+    };
+    if !relay.owns(&body.session, tenant.id()) {
+        return Err(Problem::not_found().with_detail("no checkout session of this tenant has that id"));
+    }
+    let subscription = relay
+        .sim
+        .complete_checkout(&body.session, body.pays)
+        .map_err(|e| Problem::conflict(e.to_string()))?;
+    let events = relay.deliver().await?;
+    Ok(Json(
+        json!({ "subscription": subscription, "events_delivered": events }),
+    ))
 }
