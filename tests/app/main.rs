@@ -846,3 +846,80 @@ async fn a_subscription_lives_through_trial_payment_failure_grace_restriction_an
     );
     let _ = &r.clock;
 }
+
+#[tokio::test]
+async fn the_released_capability_follows_the_flag_per_tenant() {
+    let r = start().await;
+    let admin = saas_flags::FlagAdmin::new(saas_tenancy::PlatformPool::new(r.db.platform().clone()))
+        .environments(["development", "production"]);
+    let staff = saas_core::audit::Actor::System("test-staff".into());
+    let tenant = |slug: &'static str| {
+        let r = &r;
+        async move {
+            sqlx::query_scalar::<_, saas_core::TenantId>("SELECT id FROM saas.tenants WHERE slug = $1")
+                .bind(slug)
+                .fetch_one(r.db.platform())
+                .await
+                .unwrap()
+        }
+    };
+    let (acme, globex) = (tenant("acme").await, tenant("globex").await);
+    admin
+        .set_tenant_override(&staff, saas_app::product::TASKS_CSV_FLAG, acme, Some(true))
+        .await
+        .unwrap();
+    admin
+        .set_tenant_override(&staff, saas_app::product::TASKS_CSV_FLAG, globex, Some(false))
+        .await
+        .unwrap();
+    let acme_project = r.project_id("acme", "ada", "Website relaunch").await;
+    let globex_project = r.project_id("globex", "gil", "Website relaunch (Globex)").await;
+    // Planted by a member: a title a spreadsheet would run as a formula.
+    let (s, _) = r
+        .call(
+            "POST",
+            &format!("/v1/projects/{acme_project}/tasks"),
+            "cy",
+            "acme",
+            Some(json!({"title": "=HYPERLINK(\"http://evil.test\",\"x\")"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+
+    let csv = |tenant: &'static str, user: &'static str, project: String| {
+        let r = &r;
+        async move {
+            let res = r
+                .http
+                .get(format!("{}/v1/projects/{project}/tasks.csv", r.base))
+                .header("x-tenant-id", tenant)
+                .bearer_auth(r.token(user))
+                .send()
+                .await
+                .unwrap();
+            (res.status(), res.text().await.unwrap())
+        }
+    };
+    // The store follows the overrides within a second or two.
+    let mut got = (StatusCode::NOT_FOUND, String::new());
+    for _ in 0..100 {
+        got = csv("acme", "dee", acme_project.clone()).await;
+        if got.0 == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(got.0, StatusCode::OK, "{}", got.1);
+    assert!(got.1.starts_with("id,title,done,created_at\r\n"), "{}", got.1);
+    assert!(got.1.contains("\"Pick a font\""), "{}", got.1);
+    assert!(
+        got.1.contains("\"'=HYPERLINK(\"\"http://evil.test\"\",\"\"x\"\")\""),
+        "{}",
+        got.1
+    );
+    let (s, _) = csv("globex", "gil", globex_project.clone()).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "the flag is off for globex");
+    // Whatever the flag says, acme's project is not reachable from globex.
+    let (s, _) = csv("globex", "gil", acme_project).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}

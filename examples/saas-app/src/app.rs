@@ -264,6 +264,16 @@ impl App {
             .with_clock(Arc::clone(&parts.clock));
         let users = Users::new(db.app.clone()).with_clock(Arc::clone(&parts.clock));
         let keys = ApiKeys::new(db.app.clone());
+        let admin = saas_flags::FlagAdmin::new(platform.clone()).environments(["development", "production"]);
+        for def in product::flags() {
+            match admin
+                .create(&saas_core::audit::Actor::System("saas-app".into()), def)
+                .await
+            {
+                Ok(_) | Err(saas_flags::FlagError::Exists(_)) => {}
+                Err(e) => return Err(load("feature flags")(&e)),
+            }
+        }
         let flags = FlagStore::builder(db.app.clone(), "development")
             .listen(true)
             .load()
@@ -358,6 +368,10 @@ impl App {
                 ),
             )
             .merge(routes::projects::routes())
+            .route(
+                "/v1/projects/{id}/tasks.csv",
+                get(routes::projects::tasks_csv).route_layer(saas_flags::RequireFlag::new(product::TASKS_CSV_FLAG)),
+            )
             .route("/v1/me", get(routes::account::me))
             .route(
                 "/v1/members",

@@ -77,3 +77,21 @@ pub fn catalog() -> Result<Catalog, CatalogError> {
 
 /// Counts a tenant's projects for the `projects` limit (`$1`: the tenant).
 pub const PROJECTS_COUNT: &str = "SELECT count(*) FROM projects WHERE tenant_id = $1 AND NOT archived";
+
+/// The flag that releases task export as CSV: on for half of the tenants (sticky per
+/// tenant), in every environment; staff force it per tenant with a tenant override.
+pub const TASKS_CSV_FLAG: &str = "tasks-csv-export";
+
+/// The product's flags, created at start when missing (their later changes — rollout,
+/// overrides, the kill switch — are made through `saas_flags::FlagAdmin` and kept).
+pub fn flags() -> Vec<saas_flags::FlagDefinition> {
+    use saas_flags::{FlagDefinition, FlagKind, Strategy};
+    let rollout = || vec![Strategy::rollout(50, "tenantId", TASKS_CSV_FLAG)];
+    vec![
+        FlagDefinition::new(TASKS_CSV_FLAG)
+            .kind(FlagKind::Release)
+            .description("GET /v1/projects/{id}/tasks.csv, released to half of the tenants")
+            .enable_in("development", rollout())
+            .enable_in("production", rollout()),
+    ]
+}

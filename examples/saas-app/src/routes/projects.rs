@@ -249,6 +249,49 @@ async fn create_task(
     Ok((StatusCode::CREATED, Json(task)))
 }
 
+/// `GET /v1/projects/{id}/tasks.csv`: the project's tasks as CSV, for tenants the
+/// `tasks-csv-export` flag is on for (404 for the others: the route is not released to
+/// them).
+pub(crate) async fn tasks_csv(
+    Extension(shared): Extension<Shared>,
+    principal: Principal,
+    mut tx: TenantTx,
+    Path(id): Path<Uuid>,
+) -> Result<([(http::header::HeaderName, &'static str); 1], String), Problem> {
+    allowed(&shared, &principal, &tx, "task:list", id)
+        .await
+        .map_err(|_| Problem::not_found())?;
+    find(&mut tx, id).await?;
+    let rows: Vec<Task> = sqlx::query_as(
+        "SELECT id, project_id, title, done, created_at FROM tasks WHERE project_id = $1 ORDER BY created_at, id",
+    )
+    .bind(id)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    // RFC 4180: quote every text field, double the quotes inside; a leading =, +, - or @
+    // is prefixed with ' so that a spreadsheet does not run it as a formula.
+    let field = |s: &str| {
+        let s = if s.starts_with(['=', '+', '-', '@']) {
+            format!("'{s}")
+        } else {
+            s.to_owned()
+        };
+        format!("\"{}\"", s.replace('"', "\"\""))
+    };
+    let mut out = String::from("id,title,done,created_at\r\n");
+    for t in rows {
+        out.push_str(&format!(
+            "{},{},{},{}\r\n",
+            t.id,
+            field(&t.title),
+            t.done,
+            t.created_at.to_rfc3339()
+        ));
+    }
+    Ok(([(http::header::CONTENT_TYPE, "text/csv; charset=utf-8")], out))
+}
+
 async fn find(tx: &mut TenantTx, id: Uuid) -> Result<Project, Problem> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {PROJECT_COLUMNS} FROM projects WHERE id = $1"
