@@ -13,7 +13,7 @@ use saas_app::{seed, setup};
 use saas_authz::LocalIssuer;
 use saas_billing::Simulator;
 use saas_billing::webhook::sign;
-use saas_core::clock::ManualClock;
+use saas_core::clock::{Clock, ManualClock};
 use saas_core::crypto::Keyring;
 use saas_core::testkit::TestDb;
 use saas_events::WorkerHandle;
@@ -64,6 +64,7 @@ async fn start() -> Running {
             public_url: base.clone(),
             clock: Arc::new(clock.clone()),
             keyring: Arc::new(Keyring::from_spec(&format!("t1:{}", Keyring::generate_key())).unwrap()),
+            allow_local_webhooks: true,
         },
     )
     .await
@@ -922,4 +923,85 @@ async fn the_released_capability_follows_the_flag_per_tenant() {
     // Whatever the flag says, acme's project is not reachable from globex.
     let (s, _) = csv("globex", "gil", acme_project).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+/// A webhook receiver on loopback: keeps each request's path, headers and body.
+async fn receiver() -> (String, Arc<std::sync::Mutex<Vec<(String, http::HeaderMap, String)>>>) {
+    let got: Arc<std::sync::Mutex<Vec<(String, http::HeaderMap, String)>>> = Arc::default();
+    let g = Arc::clone(&got);
+    let app = axum::Router::new().fallback(move |uri: http::Uri, headers: http::HeaderMap, body: String| {
+        let g = Arc::clone(&g);
+        async move {
+            g.lock().unwrap().push((uri.path().to_owned(), headers, body));
+            StatusCode::NO_CONTENT
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (base, got)
+}
+
+#[tokio::test]
+async fn project_events_reach_the_tenants_own_endpoint_signed() {
+    let r = start().await;
+    let (hook, got) = receiver().await;
+    // Members may not register endpoints; admins may; inside our network is refused.
+    let body = json!({"url": format!("{hook}/acme"), "event_types": ["project.created"]});
+    assert_eq!(
+        r.call("POST", "/v1/webhooks", "cy", "acme", Some(body.clone())).await.0,
+        StatusCode::FORBIDDEN
+    );
+    let (s, p) = r
+        .call(
+            "POST",
+            "/v1/webhooks",
+            "ben",
+            "acme",
+            Some(json!({"url": "http://10.1.2.3/x"})),
+        )
+        .await;
+    assert!(s.is_client_error(), "{s} {p}");
+    let (s, p) = r
+        .call(
+            "POST",
+            "/v1/webhooks",
+            "ben",
+            "acme",
+            Some(json!({"url": format!("{hook}/x"), "event_types": ["project.exploded"]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{p}");
+    let (s, endpoint) = r.call("POST", "/v1/webhooks", "ben", "acme", Some(body)).await;
+    assert_eq!(s, StatusCode::CREATED, "{endpoint}");
+    let secret = endpoint["secret"].as_str().unwrap().to_owned();
+    let (s, _) = r
+        .call(
+            "POST",
+            "/v1/webhooks",
+            "gil",
+            "globex",
+            Some(json!({"url": format!("{hook}/globex")})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (_, list) = r.call("GET", "/v1/webhooks", "ben", "acme", None).await;
+    assert_eq!(list["endpoints"].as_array().unwrap().len(), 1, "{list}");
+    assert!(!list.to_string().contains(&secret));
+
+    let (s, project) = r
+        .call("POST", "/v1/projects", "cy", "acme", Some(json!({"name": "Hooked"})))
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    assert!(eventually(|| !got.lock().unwrap().is_empty()).await, "no delivery");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let got = got.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "only acme's endpoint hears acme: {got:?}");
+    let (path, headers, body) = &got[0];
+    assert_eq!(path, "/acme");
+    saas_events::webhook::sign::verify(&secret, headers, body.as_bytes(), r.clock.now().timestamp(), 300)
+        .expect("a valid Standard Webhooks signature");
+    let event: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(event["type"], "project.created");
+    assert_eq!(event["data"]["id"], project["id"]);
 }

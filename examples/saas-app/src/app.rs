@@ -155,6 +155,8 @@ pub struct Shared {
     pub keyring: Arc<Keyring>,
     /// With the simulator: delivers its events to the webhook endpoint.
     pub relay: Option<Arc<SimulatorRelay>>,
+    /// Outbound webhooks to the tenants' endpoints.
+    pub webhooks: saas_events::Webhooks,
 }
 
 impl std::fmt::Debug for Shared {
@@ -197,8 +199,11 @@ pub struct Parts {
     pub public_url: String,
     /// The clock (tests move it).
     pub clock: Arc<dyn Clock>,
-    /// Encryption keys (invitation links in e-mail jobs).
+    /// Encryption keys (invitation links in e-mail jobs, webhook endpoints' secrets).
     pub keyring: Arc<Keyring>,
+    /// Lets tenants register webhook endpoints on loopback and private addresses over
+    /// plain http: for development and tests only.
+    pub allow_local_webhooks: bool,
 }
 
 /// The running app's pieces: its router, and the tasks that keep its caches current.
@@ -338,6 +343,15 @@ impl App {
         )
         .seat_limit(Seats::new(Arc::clone(&entitlements)))
         .with_clock(Arc::clone(&parts.clock));
+        let mut webhooks = saas_events::Webhooks::new(Arc::clone(&parts.keyring)).with_clock(Arc::clone(&parts.clock));
+        if parts.allow_local_webhooks {
+            let local = saas_events::webhook::ssrf::SsrfPolicy::public_only()
+                .allow(ipnet::IpNet::from(std::net::IpAddr::from([127, 0, 0, 1])))
+                .allow(ipnet::IpNet::from(std::net::IpAddr::from(
+                    std::net::Ipv6Addr::LOCALHOST,
+                )));
+            webhooks = webhooks.policy(local, true);
+        }
         let shared = Shared {
             db: db.clone(),
             platform: platform.clone(),
@@ -350,6 +364,7 @@ impl App {
             invitations: Arc::new(invitations),
             keyring: parts.keyring,
             relay,
+            webhooks,
         };
 
         let authenticate = AuthenticateLayer::new(users).oidc(parts.oidc).api_keys(keys.clone());
@@ -396,6 +411,12 @@ impl App {
             .route(
                 "/v1/api-keys/{id}",
                 delete(routes::people::revoke_key).route_layer(perm("api_key:manage")?),
+            )
+            .route(
+                "/v1/webhooks",
+                post(routes::hooks::create)
+                    .get(routes::hooks::list)
+                    .route_layer(perm("webhook:manage")?),
             )
             .route(
                 "/v1/billing",
@@ -453,7 +474,8 @@ impl App {
         let builder = Worker::builder(s.platform.clone())
             .app_pool(s.db.app.clone())
             .queues(["default", saas_events::mail::QUEUE, "webhooks"])
-            .handle(MailHandler::new(mailer, Templates::built_in()).unseal_with(Arc::clone(&s.keyring)));
+            .handle(MailHandler::new(mailer, Templates::built_in()).unseal_with(Arc::clone(&s.keyring)))
+            .handle(s.webhooks.handler(s.db.app.clone()));
         s.billing
             .register(builder, &s.platform, &s.catalog, &s.public_url)
             .start()

@@ -38,6 +38,9 @@ pub struct Config {
     /// `SMTP_USERNAME`/`SMTP_PASSWORD` it is a TLS relay (port 465), without them plain
     /// SMTP on `SMTP_PORT` (default 25; for a local sink like Mailpit, 1025).
     pub smtp: Option<Smtp>,
+    /// `WEBHOOKS_ALLOW_LOCAL=1`: tenants may register webhook endpoints on loopback over
+    /// plain http (development only; production refuses private addresses).
+    pub allow_local_webhooks: bool,
 }
 
 /// An SMTP server to send e-mail through.
@@ -79,6 +82,8 @@ impl Config {
             stripe_secret_key: var("STRIPE_SECRET_KEY"),
             stripe_api_base: var("STRIPE_API_BASE"),
             data_dir: var("SAAS_APP_DIR").map_or_else(|| PathBuf::from("target/saas-app"), PathBuf::from),
+            allow_local_webhooks: var("WEBHOOKS_ALLOW_LOCAL")
+                .is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true")),
             smtp: match var("SMTP_HOST") {
                 Some(host) => Some(Smtp {
                     host,

@@ -32,6 +32,7 @@
 //!     keyring: Arc::new(saas_core::crypto::Keyring::from_spec(&format!("k1:{}", saas_core::crypto::Keyring::generate_key()))?),
 //!     public_url: "http://127.0.0.1:3000".into(),
 //!     clock: Arc::new(SystemClock),
+//!     allow_local_webhooks: false,
 //! }).await?;
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 //! tokio::spawn(axum::serve(listener, app.router.clone()).into_future());

@@ -295,6 +295,7 @@ async fn serve() -> Result<(), Fail> {
         public_url: cfg.public_url.clone(),
         clock: Arc::new(SystemClock),
         keyring: Arc::new(keyring(&cfg.data_dir)?),
+        allow_local_webhooks: cfg.allow_local_webhooks,
     };
     let app = App::start(db, parts).await?;
     let issuer = match &local {

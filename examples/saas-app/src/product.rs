@@ -26,6 +26,7 @@ pub const PERMISSIONS: &[&str] = &[
     "member:delete",
     "invitation:create",
     "api_key:manage",
+    "webhook:manage",
     "audit:read",
     "billing:read",
     "billing:manage",

@@ -2,6 +2,7 @@
 
 pub mod account;
 pub mod billing;
+pub mod hooks;
 pub mod people;
 pub mod projects;
 

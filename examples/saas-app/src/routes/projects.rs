@@ -122,6 +122,7 @@ pub(crate) async fn create_project(
     .ok_or_else(|| Problem::conflict(format!("a project named {:?} exists", body.name)))?;
     let record = AuditRecord::new(tenant, Actor::from(&principal), "project.created")?.target("project", project.id);
     audit::record(&mut tx, &record).await?;
+    notify(&mut tx, "project.created", &project).await?;
     tx.commit().await?;
     shared.recount(tenant).await;
     Ok((StatusCode::CREATED, Json(project)))
@@ -162,6 +163,7 @@ async fn delete_project(
         .await?;
     let record = AuditRecord::new(tenant, Actor::from(&principal), "project.deleted")?.target("project", id);
     audit::record(&mut tx, &record).await?;
+    notify(&mut tx, "project.deleted", &serde_json::json!({ "id": id })).await?;
     tx.commit().await?;
     shared.recount(tenant).await;
     Ok(StatusCode::NO_CONTENT)
@@ -188,6 +190,7 @@ async fn archive_project(
     .ok_or_else(Problem::not_found)?;
     let record = AuditRecord::new(tenant, Actor::from(&principal), "project.archived")?.target("project", id);
     audit::record(&mut tx, &record).await?;
+    notify(&mut tx, "project.archived", &project).await?;
     tx.commit().await?;
     shared.recount(tenant).await;
     Ok(Json(project))
@@ -245,6 +248,7 @@ async fn create_task(
     .await?;
     let record = AuditRecord::new(tenant, Actor::from(&principal), "task.created")?.target("task", task.id);
     audit::record(&mut tx, &record).await?;
+    notify(&mut tx, "task.created", &task).await?;
     tx.commit().await?;
     Ok((StatusCode::CREATED, Json(task)))
 }
@@ -290,6 +294,14 @@ pub(crate) async fn tasks_csv(
         ));
     }
     Ok(([(http::header::CONTENT_TYPE, "text/csv; charset=utf-8")], out))
+}
+
+/// Queues `event_type` for the tenant's subscribed webhook endpoints, in the same
+/// transaction as the change: sent if and only if it commits.
+async fn notify(tx: &mut TenantTx, event_type: &str, data: &impl Serialize) -> Result<(), Problem> {
+    let data = serde_json::to_value(data).map_err(internal)?;
+    saas_events::webhook::send(tx, event_type, &data).await?;
+    Ok(())
 }
 
 async fn find(tx: &mut TenantTx, id: Uuid) -> Result<Project, Problem> {
