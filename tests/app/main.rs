@@ -1005,3 +1005,92 @@ async fn project_events_reach_the_tenants_own_endpoint_signed() {
     assert_eq!(event["type"], "project.created");
     assert_eq!(event["data"]["id"], project["id"]);
 }
+
+#[tokio::test]
+async fn an_export_holds_one_tenant_and_deletion_restore_and_purge_touch_only_it() {
+    let r = start().await;
+    // Owners only.
+    assert_eq!(
+        r.call("GET", "/v1/export", "ben", "acme", None).await.0,
+        StatusCode::FORBIDDEN
+    );
+    let res = r
+        .http
+        .get(format!("{}/v1/export", r.base))
+        .header("x-tenant-id", "acme")
+        .bearer_auth(r.token("ada"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["content-type"], "application/x-ndjson");
+    let text = res.text().await.unwrap();
+    let acme: String = sqlx::query_scalar("SELECT id::text FROM saas.tenants WHERE slug = 'acme'")
+        .fetch_one(r.db.platform())
+        .await
+        .unwrap();
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(lines.len() > 5, "{text}");
+    for l in &lines {
+        assert_eq!(l["row"]["tenant_id"], acme.as_str(), "another tenant's row: {l}");
+    }
+    let tables: std::collections::BTreeSet<&str> = lines.iter().filter_map(|l| l["table"].as_str()).collect();
+    assert!(
+        tables.iter().any(|t| t.ends_with("projects")) && tables.iter().any(|t| t.ends_with("tasks")),
+        "{tables:?}"
+    );
+    assert!(text.contains("Website relaunch") && !text.contains("(Globex)"));
+
+    // Deletion: acme stops answering at once, globex carries on.
+    let (s, d) = r.call("POST", "/v1/tenant/deletion", "ben", "acme", None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{d}");
+    let (s, d) = r.call("POST", "/v1/tenant/deletion", "ada", "acme", None).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{d}");
+    assert_eq!(
+        r.call("GET", "/v1/projects", "ada", "acme", None).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        r.call("GET", "/v1/projects", "gil", "globex", None).await.0,
+        StatusCode::OK
+    );
+    // Staff restore it (the `saas-app restore` command does this): back as it was.
+    let platform = saas_tenancy::PlatformPool::new(r.db.platform().clone());
+    let acme_id: saas_core::TenantId = acme.parse().unwrap();
+    let staff = saas_core::audit::Actor::System("test".into());
+    saas_tenancy::lifecycle::restore(&platform, acme_id, staff.clone(), &r.clock)
+        .await
+        .unwrap();
+    let (s, list) = r.call("GET", "/v1/projects", "ada", "acme", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    // Deleted again and past its retention: the purge removes acme's rows only.
+    assert_eq!(
+        r.call("POST", "/v1/tenant/deletion", "ada", "acme", None).await.0,
+        StatusCode::ACCEPTED
+    );
+    r.clock.advance(chrono::Duration::days(400));
+    let purged = saas_tenancy::lifecycle::purge_due(&platform, staff, &r.clock)
+        .await
+        .unwrap();
+    assert_eq!(purged, vec![acme_id]);
+    let count = |table: &'static str, slug: &'static str| {
+        let r = &r;
+        async move {
+            sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!(
+                "SELECT count(*) FROM {table} x JOIN saas.tenants t ON t.id = x.tenant_id WHERE t.slug = '{slug}'"
+            )))
+            .fetch_one(r.db.platform())
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(count("projects", "acme").await, 0);
+    assert_eq!(count("tasks", "acme").await, 0);
+    assert_eq!(count("projects", "globex").await, 2);
+    assert_eq!(count("tasks", "globex").await, 2);
+    assert_eq!(
+        r.call("GET", "/v1/projects", "gil", "globex", None).await.0,
+        StatusCode::OK
+    );
+}

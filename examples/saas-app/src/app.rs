@@ -157,6 +157,8 @@ pub struct Shared {
     pub relay: Option<Arc<SimulatorRelay>>,
     /// Outbound webhooks to the tenants' endpoints.
     pub webhooks: saas_events::Webhooks,
+    /// The clock.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -365,6 +367,7 @@ impl App {
             keyring: parts.keyring,
             relay,
             webhooks,
+            clock: Arc::clone(&parts.clock),
         };
 
         let authenticate = AuthenticateLayer::new(users).oidc(parts.oidc).api_keys(keys.clone());
@@ -417,6 +420,14 @@ impl App {
                 post(routes::hooks::create)
                     .get(routes::hooks::list)
                     .route_layer(perm("webhook:manage")?),
+            )
+            .route(
+                "/v1/export",
+                get(routes::tenant::export).route_layer(perm("tenant:export")?),
+            )
+            .route(
+                "/v1/tenant/deletion",
+                post(routes::tenant::request_deletion).route_layer(perm("tenant:delete")?),
             )
             .route(
                 "/v1/billing",

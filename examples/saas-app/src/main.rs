@@ -24,10 +24,15 @@ use saas_core::telemetry::{self, LogFormat, TelemetryConfig};
 use saas_events::mail::SmtpMailer;
 use saas_tenancy::IsolationError;
 
-const USAGE: &str = "usage: saas-app [serve | migrate | mint-token <user>]
+const USAGE: &str = "usage: saas-app [serve | migrate | mint-token <user> | export <tenant> | restore <tenant> | purge-due | reconcile | catalog push]
   serve               create and migrate the database, seed the demo, serve the API (default)
   migrate             create and migrate the database, verify tenant isolation, exit
-  mint-token <user>   print a token for a demo user (ada, ben, cy, dee, eve, gil, hal) from the local issuer";
+  mint-token <user>   print a token for a demo user (ada, ben, cy, dee, eve, gil, hal) from the local issuer
+  export <tenant>     write the tenant's data (slug or id) to stdout as JSON Lines
+  restore <tenant>    undo a deletion request before the purge
+  purge-due           purge the tenants whose deletion retention has passed
+  reconcile           compare Stripe's subscriptions with the mirror and fix what differs (Stripe only)
+  catalog push        create or update Stripe's products and prices from the catalog (Stripe only)";
 
 /// A failure worth one sentence to the person at the terminal, and the exit status.
 struct Fail(String, u8);
@@ -49,6 +54,11 @@ async fn main() -> ExitCode {
         [] | ["serve"] => serve().await,
         ["migrate"] => migrate().await,
         ["mint-token", user] => mint_token(user),
+        ["export", tenant] => export(tenant).await,
+        ["restore", tenant] => restore(tenant).await,
+        ["purge-due"] => purge_due().await,
+        ["reconcile"] => reconcile().await,
+        ["catalog", "push"] => catalog_push().await,
         ["help" | "--help" | "-h"] => {
             println!("{USAGE}");
             Ok(())
@@ -104,6 +114,93 @@ async fn migrate() -> Result<(), Fail> {
     let cfg = config()?;
     let db = database(&cfg).await?;
     println!("database {} is migrated and keeps tenants apart", db.name);
+    Ok(())
+}
+
+/// The tenant named `slug_or_id`, as the platform sees it (any status).
+async fn tenant_named(db: &setup::Database, slug_or_id: &str) -> Result<saas_core::TenantId, Fail> {
+    let id: Option<saas_core::TenantId> =
+        sqlx::query_scalar("SELECT id FROM saas.tenants WHERE slug = $1 OR id::text = $1")
+            .bind(slug_or_id)
+            .fetch_optional(&db.platform)
+            .await?;
+    id.ok_or_else(|| fail(format!("no tenant {slug_or_id:?} in database {}", db.name)))
+}
+
+fn cli_actor() -> saas_core::audit::Actor {
+    saas_core::audit::Actor::System("saas-app command line".into())
+}
+
+async fn export(tenant: &str) -> Result<(), Fail> {
+    let _telemetry = init_telemetry()?;
+    let cfg = config()?;
+    let db = database(&cfg).await?;
+    let id = tenant_named(&db, tenant).await?;
+    let report = saas_tenancy::export::export(&db.app, id, tokio::io::stdout()).await?;
+    eprintln!("saas-app: exported {} rows of {tenant}", report.total());
+    Ok(())
+}
+
+async fn restore(tenant: &str) -> Result<(), Fail> {
+    let _telemetry = init_telemetry()?;
+    let cfg = config()?;
+    let db = database(&cfg).await?;
+    let id = tenant_named(&db, tenant).await?;
+    let platform = saas_tenancy::PlatformPool::new(db.platform.clone());
+    saas_tenancy::lifecycle::restore(&platform, id, cli_actor(), &SystemClock).await?;
+    println!("{tenant} is restored");
+    Ok(())
+}
+
+async fn purge_due() -> Result<(), Fail> {
+    let _telemetry = init_telemetry()?;
+    let cfg = config()?;
+    let db = database(&cfg).await?;
+    let platform = saas_tenancy::PlatformPool::new(db.platform.clone());
+    let purged = saas_tenancy::lifecycle::purge_due(&platform, cli_actor(), &SystemClock).await?;
+    println!("{} tenant(s) purged", purged.len());
+    Ok(())
+}
+
+/// Stripe from the environment; the simulator lives only inside `serve`.
+fn stripe(cfg: &Config) -> Result<saas_billing::stripe::Stripe, Fail> {
+    let Some(key) = &cfg.stripe_secret_key else {
+        return Err(fail(
+            "this command talks to Stripe: set STRIPE_SECRET_KEY (the simulator lives inside `saas-app serve`)",
+        ));
+    };
+    let mut stripe = saas_billing::stripe::Stripe::new(key.clone())?;
+    if let Some(base) = &cfg.stripe_api_base {
+        stripe = stripe.base_url(base.clone());
+    }
+    Ok(stripe)
+}
+
+async fn reconcile() -> Result<(), Fail> {
+    let _telemetry = init_telemetry()?;
+    let cfg = config()?;
+    let stripe = stripe(&cfg)?;
+    let db = database(&cfg).await?;
+    let platform = saas_tenancy::PlatformPool::new(db.platform.clone());
+    let report = saas_billing::reconcile::reconcile(&platform, &stripe).await?;
+    println!(
+        "{} subscriptions checked, {} fixed, {} customers without a tenant",
+        report.checked,
+        report.drift.len(),
+        report.orphan_customers.len()
+    );
+    Ok(())
+}
+
+async fn catalog_push() -> Result<(), Fail> {
+    let _telemetry = init_telemetry()?;
+    let cfg = config()?;
+    let stripe = stripe(&cfg)?;
+    let report = saas_billing::catalog::push(&product::catalog()?, &stripe).await?;
+    println!(
+        "products created {:?}, renamed {:?}; prices created {:?}, archived {:?}",
+        report.products_created, report.products_renamed, report.prices_created, report.prices_archived
+    );
     Ok(())
 }
 

@@ -30,6 +30,8 @@ pub const PERMISSIONS: &[&str] = &[
     "audit:read",
     "billing:read",
     "billing:manage",
+    "tenant:export",
+    "tenant:delete",
 ];
 
 /// The permission model.

@@ -5,6 +5,7 @@ pub mod billing;
 pub mod hooks;
 pub mod people;
 pub mod projects;
+pub mod tenant;
 
 use axum::Json;
 use serde_json::{Value, json};
