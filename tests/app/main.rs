@@ -1094,3 +1094,64 @@ async fn an_export_holds_one_tenant_and_deletion_restore_and_purge_touch_only_it
         StatusCode::OK
     );
 }
+
+#[tokio::test]
+async fn the_api_is_described_by_openapi_with_every_error_as_a_problem() {
+    let r = start().await;
+    let doc: Value = r
+        .http
+        .get(format!("{}/openapi.json", r.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let paths = doc["paths"].as_object().unwrap();
+    for (path, method) in [
+        ("/v1/me", "get"),
+        ("/v1/projects", "get"),
+        ("/v1/projects", "post"),
+        ("/v1/projects/{id}", "delete"),
+        ("/v1/projects/{id}/tasks", "post"),
+        ("/v1/projects/{id}/tasks.csv", "get"),
+        ("/v1/members/{user}/roles", "put"),
+        ("/v1/invitations", "post"),
+        ("/v1/invitations/accept", "post"),
+        ("/v1/api-keys", "post"),
+        ("/v1/webhooks", "post"),
+        ("/v1/export", "get"),
+        ("/v1/tenant/deletion", "post"),
+        ("/v1/billing", "get"),
+        ("/v1/billing/checkout", "post"),
+        ("/webhooks/stripe", "post"),
+    ] {
+        let op = &paths.get(path).unwrap_or_else(|| panic!("{path} undocumented"))[method];
+        assert!(op.is_object(), "{method} {path} undocumented");
+        for (status, response) in op["responses"].as_object().unwrap() {
+            if status.starts_with('4') || status.starts_with('5') {
+                let target = response["$ref"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{method} {path} {status}: {response}"));
+                let name = target.rsplit('/').next().unwrap();
+                let content = &doc["components"]["responses"][name]["content"];
+                assert!(content["application/problem+json"].is_object(), "{name}: {content}");
+            }
+        }
+        if path.starts_with("/v1/") {
+            assert!(op["responses"]["401"].is_object(), "{method} {path}: no 401");
+        }
+    }
+    // The tenant header is declared where it is needed, and not to accept an invitation.
+    let has_tenant = |p: &str, m: &str| {
+        paths[p][m]["parameters"]
+            .as_array()
+            .is_some_and(|ps| ps.iter().any(|x| x["name"] == "x-tenant-id"))
+    };
+    assert!(has_tenant("/v1/projects", "get"));
+    assert!(!has_tenant("/v1/invitations/accept", "post"));
+    let docs = r.http.get(format!("{}/docs", r.base)).send().await.unwrap();
+    assert_eq!(docs.status(), StatusCode::OK);
+    assert!(docs.text().await.unwrap().contains("<html"));
+}

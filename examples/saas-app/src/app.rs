@@ -467,6 +467,19 @@ impl App {
         let router = Router::new()
             .route("/", get(routes::root))
             .route("/health", get(routes::health))
+            .route(
+                "/openapi.json",
+                get(|| async {
+                    (
+                        [(http::header::CONTENT_TYPE, "application/json")],
+                        crate::openapi::json(),
+                    )
+                }),
+            )
+            .merge(<utoipa_scalar::Scalar<_> as utoipa_scalar::Servable<_>>::with_url(
+                "/docs",
+                <crate::openapi::ApiDoc as utoipa::OpenApi>::openapi(),
+            ))
             .route_service("/webhooks/stripe", webhooks)
             .merge(api)
             .merge(joining)

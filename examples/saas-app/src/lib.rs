@@ -41,6 +41,7 @@
 
 pub mod app;
 pub mod config;
+pub mod openapi;
 pub mod product;
 pub mod routes;
 pub mod seed;

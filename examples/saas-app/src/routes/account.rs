@@ -9,6 +9,8 @@ use serde_json::{Value, json};
 
 /// `GET /v1/me`: the caller, the tenant, the caller's roles, and the tenant's plan and
 /// features.
+#[utoipa::path(get, path = "/v1/me", tag = "account",
+    responses((status = 200, description = "The caller, the tenant, roles, plan", body = Object)))]
 pub(crate) async fn me(
     principal: Principal,
     tenant: TenantContext,
@@ -30,6 +32,8 @@ pub(crate) async fn me(
 }
 
 /// `GET /v1/members` (`member:list`).
+#[utoipa::path(get, path = "/v1/members", tag = "people",
+    responses((status = 200, description = "The tenant's members", body = Object)))]
 pub(crate) async fn members(mut tx: TenantTx) -> Result<Json<Value>, Problem> {
     let members = Memberships::list(&mut tx).await?;
     tx.commit().await?;

@@ -13,6 +13,8 @@ use crate::app::Shared;
 
 /// `GET /v1/billing` (`billing:read`): plan, status, seats, usage, invoices — no payment
 /// data.
+#[utoipa::path(get, path = "/v1/billing", tag = "billing",
+    responses((status = 200, description = "Plan, status, seats, usage, invoices", body = Object)))]
 pub(crate) async fn summary(
     Extension(shared): Extension<Shared>,
     tenant: TenantContext,
@@ -25,7 +27,7 @@ pub(crate) async fn summary(
 }
 
 /// The body of `POST /v1/billing/checkout`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct Checkout {
     /// The price's lookup key (`pro_monthly`, `business_seat_annual`, …).
     pub price: String,
@@ -33,6 +35,8 @@ pub struct Checkout {
 
 /// `POST /v1/billing/checkout` (`billing:manage`): a hosted checkout page for a price of
 /// the catalog.
+#[utoipa::path(post, path = "/v1/billing/checkout", tag = "billing", request_body = Checkout,
+    responses((status = 200, description = "The hosted checkout page", body = Object)))]
 pub(crate) async fn checkout(
     Extension(shared): Extension<Shared>,
     principal: Principal,
@@ -96,6 +100,8 @@ pub(crate) async fn checkout(
 }
 
 /// `POST /v1/billing/portal` (`billing:manage`): the provider's customer portal.
+#[utoipa::path(post, path = "/v1/billing/portal", tag = "billing",
+    responses((status = 200, description = "The customer portal", body = Object)))]
 pub(crate) async fn portal(
     Extension(shared): Extension<Shared>,
     tenant: TenantContext,
@@ -109,7 +115,7 @@ pub(crate) async fn portal(
 }
 
 /// The body of `POST /v1/billing/simulator/complete`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct Complete {
     /// The checkout session's id.
     pub session: String,
@@ -125,6 +131,9 @@ fn yes() -> bool {
 /// `POST /v1/billing/simulator/complete` (`billing:manage`; only with the simulator): pays
 /// on the simulated checkout page this tenant opened; the simulator's events then reach
 /// the webhook endpoint like Stripe's.
+#[utoipa::path(post, path = "/v1/billing/simulator/complete", tag = "billing", request_body = Complete,
+    responses((status = 200, description = "Paid; the simulator's events were delivered", body = Object),
+              (status = 409, description = "The session was completed already")))]
 pub(crate) async fn simulator_complete(
     Extension(shared): Extension<Shared>,
     tenant: TenantContext,

@@ -17,7 +17,7 @@ use crate::app::Shared;
 pub const EVENT_TYPES: &[&str] = &["project.created", "project.archived", "project.deleted", "task.created"];
 
 /// The body of `POST /v1/webhooks`.
-#[derive(Debug, Deserialize, Validate)]
+#[derive(Debug, Deserialize, Validate, utoipa::ToSchema)]
 pub struct NewEndpoint {
     /// Where deliveries go (https; addresses inside our network are refused).
     #[validate(length(min = 1, max = 2000))]
@@ -28,6 +28,8 @@ pub struct NewEndpoint {
 }
 
 /// `POST /v1/webhooks` (`webhook:manage`): the signing secret is in this answer only.
+#[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", request_body = NewEndpoint,
+    responses((status = 201, description = "The endpoint and its signing secret (shown once)", body = Object)))]
 pub(crate) async fn create(
     Extension(shared): Extension<Shared>,
     mut tx: TenantTx,
@@ -56,6 +58,8 @@ pub(crate) async fn create(
 }
 
 /// `GET /v1/webhooks` (`webhook:manage`): the endpoints, without their secrets.
+#[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks",
+    responses((status = 200, description = "The endpoints, without secrets", body = Object)))]
 pub(crate) async fn list(Extension(shared): Extension<Shared>, mut tx: TenantTx) -> Result<Json<Value>, Problem> {
     let endpoints = shared.webhooks.endpoints(&mut tx).await?;
     tx.commit().await?;

@@ -10,6 +10,8 @@ pub mod tenant;
 use axum::Json;
 use serde_json::{Value, json};
 
+#[utoipa::path(get, path = "/", tag = "service", security(()),
+    responses((status = 200, description = "What this is and where to go", body = Object)))]
 /// `GET /`: what this is and where to go next (no credential needed).
 pub(crate) async fn root() -> Json<Value> {
     Json(json!({
@@ -24,10 +26,14 @@ pub(crate) async fn root() -> Json<Value> {
             "stripe_webhooks": "/webhooks/stripe",
             "health": "/health",
         },
+        "docs": "/docs",
+        "openapi": "/openapi.json",
         "auth": "Authorization: Bearer <token or API key>, and X-Tenant-Id: <tenant slug or id>",
     }))
 }
 
+#[utoipa::path(get, path = "/health", tag = "service", security(()),
+    responses((status = 200, description = "Alive", body = Object)))]
 /// `GET /health`: liveness.
 pub(crate) async fn health() -> http::Response<String> {
     saas_core::health::liveness()

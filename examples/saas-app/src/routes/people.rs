@@ -14,7 +14,7 @@ use validator::Validate;
 use crate::app::Shared;
 
 /// The body of `POST /v1/invitations`.
-#[derive(Debug, Deserialize, Validate)]
+#[derive(Debug, Deserialize, Validate, utoipa::ToSchema)]
 pub struct NewInvitation {
     /// Who to invite.
     #[validate(email, length(max = 320))]
@@ -26,6 +26,9 @@ pub struct NewInvitation {
 
 /// `POST /v1/invitations` (`invitation:create`): the e-mail goes out through the outbox,
 /// the link's token sealed in the job.
+#[utoipa::path(post, path = "/v1/invitations", tag = "people", request_body = NewInvitation,
+    responses((status = 201, description = "Invited; the e-mail is on its way", body = Object),
+              (status = 402, description = "Every seat of the plan is taken"), (status = 409, description = "Already a member or invited")))]
 pub(crate) async fn invite(
     Extension(shared): Extension<Shared>,
     principal: Principal,
@@ -46,7 +49,7 @@ pub(crate) async fn invite(
 }
 
 /// The body of `POST /v1/invitations/accept`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct Accept {
     /// The token from the invitation's link.
     pub token: String,
@@ -55,6 +58,8 @@ pub struct Accept {
 /// `POST /v1/invitations/accept`: the signed-in invitee joins the tenant the token names
 /// (no `X-Tenant-Id`: they are not a member yet). A wrong, used, revoked or expired token
 /// answers 404.
+#[utoipa::path(post, path = "/v1/invitations/accept", tag = "people", request_body = Accept,
+    responses((status = 200, description = "Joined", body = Object), (status = 410, description = "Used, revoked or expired")))]
 pub(crate) async fn accept(
     Extension(shared): Extension<Shared>,
     principal: Principal,
@@ -71,7 +76,7 @@ pub(crate) async fn accept(
 }
 
 /// The body of `PUT /v1/members/{user}/roles`.
-#[derive(Debug, Deserialize, Validate)]
+#[derive(Debug, Deserialize, Validate, utoipa::ToSchema)]
 pub struct Roles {
     /// The member's roles from now on.
     #[validate(length(min = 1, max = 8))]
@@ -80,6 +85,8 @@ pub struct Roles {
 
 /// `PUT /v1/members/{user}/roles`: admins and owners, never above their own role, never
 /// leaving the tenant without an owner (saas-authz's rules); audited.
+#[utoipa::path(put, path = "/v1/members/{user}/roles", tag = "people", params(("user" = Uuid, Path, description = "The member")),
+    request_body = Roles, responses((status = 200, description = "The member's roles now", body = Object)))]
 pub(crate) async fn set_roles(
     Extension(shared): Extension<Shared>,
     principal: Principal,
@@ -96,6 +103,8 @@ pub(crate) async fn set_roles(
 }
 
 /// `DELETE /v1/members/{user}`: their keys, grants and pending invitations go with them.
+#[utoipa::path(delete, path = "/v1/members/{user}", tag = "people", params(("user" = Uuid, Path, description = "The member")),
+    responses((status = 204, description = "Removed, with their keys, grants and invitations")))]
 pub(crate) async fn remove(
     Extension(shared): Extension<Shared>,
     principal: Principal,
@@ -111,7 +120,7 @@ pub(crate) async fn remove(
 }
 
 /// The body of `POST /v1/api-keys`.
-#[derive(Debug, Deserialize, Validate)]
+#[derive(Debug, Deserialize, Validate, utoipa::ToSchema)]
 pub struct NewKey {
     /// What it is for.
     #[validate(length(min = 1, max = 100))]
@@ -126,6 +135,8 @@ pub struct NewKey {
 }
 
 /// `POST /v1/api-keys`: the secret is in this answer only.
+#[utoipa::path(post, path = "/v1/api-keys", tag = "api keys", request_body = NewKey,
+    responses((status = 201, description = "The key and its secret (shown once)", body = Object)))]
 pub(crate) async fn create_key(
     Extension(keys): Extension<ApiKeys>,
     principal: Principal,
@@ -145,6 +156,8 @@ pub(crate) async fn create_key(
 }
 
 /// `GET /v1/api-keys`: descriptions, never secrets.
+#[utoipa::path(get, path = "/v1/api-keys", tag = "api keys",
+    responses((status = 200, description = "The tenant's keys, without secrets", body = Object)))]
 pub(crate) async fn list_keys(mut tx: TenantTx) -> Result<Json<Value>, Problem> {
     let keys = ApiKeys::list(&mut tx).await?;
     tx.commit().await?;
@@ -152,6 +165,8 @@ pub(crate) async fn list_keys(mut tx: TenantTx) -> Result<Json<Value>, Problem> 
 }
 
 /// `DELETE /v1/api-keys/{id}`.
+#[utoipa::path(delete, path = "/v1/api-keys/{id}", tag = "api keys", params(("id" = Uuid, Path, description = "The key")),
+    responses((status = 204, description = "Revoked")))]
 pub(crate) async fn revoke_key(
     Extension(keys): Extension<ApiKeys>,
     principal: Principal,

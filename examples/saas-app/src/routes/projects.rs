@@ -18,7 +18,7 @@ use validator::Validate;
 use crate::app::Shared;
 
 /// A project.
-#[derive(Debug, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Project {
     /// Its id.
     pub id: Uuid,
@@ -33,7 +33,7 @@ pub struct Project {
 }
 
 /// A task in a project.
-#[derive(Debug, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Task {
     /// Its id.
     pub id: Uuid,
@@ -48,22 +48,25 @@ pub struct Task {
 }
 
 /// The body of `POST /v1/projects`.
-#[derive(Debug, Deserialize, Validate)]
+#[derive(Debug, Deserialize, Validate, utoipa::ToSchema)]
 pub struct NewProject {
     /// 1 to 200 characters, unique in the tenant.
     #[validate(length(min = 1, max = 200))]
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
     /// Up to 5,000 characters.
     #[validate(length(max = 5000))]
     #[serde(default)]
+    #[schema(max_length = 5000)]
     pub description: String,
 }
 
 /// The body of `POST /v1/projects/{id}/tasks`.
-#[derive(Debug, Deserialize, Validate)]
+#[derive(Debug, Deserialize, Validate, utoipa::ToSchema)]
 pub struct NewTask {
     /// 1 to 500 characters.
     #[validate(length(min = 1, max = 500))]
+    #[schema(min_length = 1, max_length = 500)]
     pub title: String,
 }
 
@@ -80,6 +83,8 @@ const PROJECT_COLUMNS: &str = "id, name, description, archived, created_at";
 
 /// `GET /v1/projects`: the projects the caller may read — all of them through a
 /// tenant-wide role, else those a resource grant opens.
+#[utoipa::path(get, path = "/v1/projects", tag = "projects",
+    responses((status = 200, description = "The projects the caller may read", body = [Project])))]
 pub(crate) async fn list_projects(
     Extension(shared): Extension<Shared>,
     principal: Principal,
@@ -102,6 +107,9 @@ pub(crate) async fn list_projects(
 }
 
 /// `POST /v1/projects` (`project:create`, and the plan's `projects` limit).
+#[utoipa::path(post, path = "/v1/projects", tag = "projects", request_body = NewProject,
+    responses((status = 201, body = Project), (status = 402, description = "The plan's project limit is reached"),
+              (status = 409, description = "A project of that name exists")))]
 pub(crate) async fn create_project(
     Extension(shared): Extension<Shared>,
     principal: Principal,
@@ -130,6 +138,8 @@ pub(crate) async fn create_project(
 
 /// `GET /v1/projects/{id}`: 404 for a project of another tenant or one the caller may not
 /// read (the same answer, so that ids cannot be probed).
+#[utoipa::path(get, path = "/v1/projects/{id}", tag = "projects", params(("id" = Uuid, Path, description = "The project")),
+    responses((status = 200, body = Project)))]
 async fn get_project(
     Extension(shared): Extension<Shared>,
     principal: Principal,
@@ -145,6 +155,8 @@ async fn get_project(
 }
 
 /// `DELETE /v1/projects/{id}` (`project:delete` on the project).
+#[utoipa::path(delete, path = "/v1/projects/{id}", tag = "projects", params(("id" = Uuid, Path, description = "The project")),
+    responses((status = 204, description = "Deleted")))]
 async fn delete_project(
     Extension(shared): Extension<Shared>,
     principal: Principal,
@@ -170,6 +182,8 @@ async fn delete_project(
 }
 
 /// `POST /v1/projects/{id}/archive` (`project:update` on the project).
+#[utoipa::path(post, path = "/v1/projects/{id}/archive", tag = "projects", params(("id" = Uuid, Path, description = "The project")),
+    responses((status = 200, body = Project)))]
 async fn archive_project(
     Extension(shared): Extension<Shared>,
     principal: Principal,
@@ -197,6 +211,8 @@ async fn archive_project(
 }
 
 /// `GET /v1/projects/{id}/tasks`.
+#[utoipa::path(get, path = "/v1/projects/{id}/tasks", tag = "tasks", params(("id" = Uuid, Path, description = "The project")),
+    responses((status = 200, body = [Task])))]
 async fn list_tasks(
     Extension(shared): Extension<Shared>,
     principal: Principal,
@@ -220,6 +236,8 @@ async fn list_tasks(
 
 /// `POST /v1/projects/{id}/tasks` (`task:create` on the project: a tenant-wide role, or
 /// a grant on the project — its editors).
+#[utoipa::path(post, path = "/v1/projects/{id}/tasks", tag = "tasks", params(("id" = Uuid, Path, description = "The project")),
+    request_body = NewTask, responses((status = 201, body = Task), (status = 409, description = "The project is archived")))]
 async fn create_task(
     Extension(shared): Extension<Shared>,
     principal: Principal,
@@ -256,6 +274,8 @@ async fn create_task(
 /// `GET /v1/projects/{id}/tasks.csv`: the project's tasks as CSV, for tenants the
 /// `tasks-csv-export` flag is on for (404 for the others: the route is not released to
 /// them).
+#[utoipa::path(get, path = "/v1/projects/{id}/tasks.csv", tag = "tasks", params(("id" = Uuid, Path, description = "The project")),
+    responses((status = 200, description = "The tasks as CSV (RFC 4180)", content_type = "text/csv", body = String)))]
 pub(crate) async fn tasks_csv(
     Extension(shared): Extension<Shared>,
     principal: Principal,

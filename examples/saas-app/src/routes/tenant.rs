@@ -16,6 +16,8 @@ use crate::app::Shared;
 /// `GET /v1/export` (`tenant:export`, owners): every row of every tenant table as JSON
 /// Lines, streamed from one consistent snapshot under row-level security (memory stays
 /// flat however large the tenant). Audited before the first byte.
+#[utoipa::path(get, path = "/v1/export", tag = "tenant",
+    responses((status = 200, description = "Every row of the tenant, one JSON object per line", content_type = "application/x-ndjson", body = String)))]
 pub(crate) async fn export(
     Extension(shared): Extension<Shared>,
     principal: Principal,
@@ -55,6 +57,8 @@ pub(crate) async fn export(
 /// `POST /v1/tenant/deletion` (`tenant:delete`, owners): the tenant stops answering at
 /// once (404, as if unknown) and is purged after the retention period unless platform
 /// staff restore it; its subscriptions are cancelled.
+#[utoipa::path(post, path = "/v1/tenant/deletion", tag = "tenant",
+    responses((status = 202, description = "Deletion requested; purged after the retention", body = Object)))]
 pub(crate) async fn request_deletion(
     Extension(shared): Extension<Shared>,
     principal: Principal,
