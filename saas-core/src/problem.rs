@@ -433,11 +433,18 @@ impl IntoProblem for sqlx::Error {
                 Some("23503") => Problem::conflict("The record refers to, or is referred to by, another record.")
                     .with_type("reference-conflict")
                     .with_internal(self),
-                Some("23514" | "23502" | "22P02" | "22001") => {
+                Some("23514" | "23502" | "22P02" | "22001" | "22003") => {
                     Problem::unprocessable("The values break a rule of the data model.")
                         .with_type("constraint-violated")
                         .with_internal(self)
                 }
+                // A NUL character (valid JSON, `\u0000`) or one the database's encoding
+                // cannot hold: the client's input, not our failure.
+                Some("22021" | "22P05") => Problem::unprocessable(
+                    "Text may not contain NUL characters or characters the database cannot store.",
+                )
+                .with_type("invalid-text")
+                .with_internal(self),
                 _ => Problem::internal().with_internal(self),
             },
             _ => Problem::internal().with_internal(self),

@@ -179,3 +179,34 @@ mod health {
         assert!(!res.body().contains("127.0.0.1"), "{}", res.body());
     }
 }
+
+#[tokio::test]
+async fn client_input_the_database_refuses_is_a_422_not_a_500() {
+    use saas_core::IntoProblem;
+    let db = TestDb::new(&[]).await.unwrap();
+    sqlx::query("CREATE TABLE notes (body text NOT NULL, n smallint)")
+        .execute(db.owner())
+        .await
+        .unwrap();
+    sqlx::query("GRANT INSERT ON notes TO saas_app")
+        .execute(db.owner())
+        .await
+        .unwrap();
+    // A NUL character: valid in JSON ("\u0000") and Rust strings, refused by PostgreSQL.
+    let nul = sqlx::query("INSERT INTO notes (body) VALUES ($1)")
+        .bind("a\0b")
+        .execute(db.app())
+        .await
+        .unwrap_err()
+        .to_problem();
+    assert_eq!(nul.status(), 422, "{nul:?}");
+    assert_eq!(nul.type_slug(), "invalid-text");
+    let big = sqlx::query("INSERT INTO notes (body, n) VALUES ('x', $1::int)")
+        .bind(100_000_i32)
+        .execute(db.app())
+        .await
+        .unwrap_err()
+        .to_problem();
+    assert_eq!(big.status(), 422, "{big:?}");
+    assert_eq!(big.type_slug(), "constraint-violated");
+}
