@@ -1155,3 +1155,53 @@ async fn the_api_is_described_by_openapi_with_every_error_as_a_problem() {
     assert_eq!(docs.status(), StatusCode::OK);
     assert!(docs.text().await.unwrap().contains("<html"));
 }
+
+/// schemathesis (PyPI), installed by `.ci/run` into the cached virtualenv.
+fn schemathesis() -> std::path::PathBuf {
+    if let Some(bin) = std::env::var_os("SCHEMATHESIS_BIN") {
+        return bin.into();
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache"));
+    let bin = cache.join("saas-kit/venv/bin/schemathesis");
+    assert!(
+        bin.exists(),
+        "schemathesis is not installed: run .ci/run once, or `python3 -m venv ~/.cache/saas-kit/venv && ~/.cache/saas-kit/venv/bin/pip install schemathesis`"
+    );
+    bin
+}
+
+#[tokio::test]
+async fn schemathesis_finds_no_server_error_and_every_answer_matches_the_schema() {
+    let r = start().await;
+    let out = tokio::process::Command::new(schemathesis())
+        .args(["run", &format!("{}/openapi.json", r.base)])
+        .args(["-H", &format!("Authorization: Bearer {}", r.token("cy"))])
+        .args(["-H", "x-tenant-id: acme"])
+        .args([
+            "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
+        ])
+        .args([
+            "--phases",
+            "examples,coverage,fuzzing",
+            "--max-examples",
+            "5",
+            "--max-time",
+            "45",
+        ])
+        .args(["--seed", "20261130", "--workers", "2"])
+        .env("NO_COLOR", "1")
+        .current_dir(std::env::temp_dir())
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "schemathesis found failures:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("Tested: 28"), "{text}");
+}

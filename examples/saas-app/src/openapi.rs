@@ -74,6 +74,7 @@ const ERRORS: &[(&str, &str)] = &[
     ("404", "NotFound"),
     ("409", "Conflict"),
     ("410", "Gone"),
+    ("415", "UnsupportedMediaType"),
     ("422", "Unprocessable"),
     ("429", "RateLimited"),
     ("500", "InternalError"),
@@ -103,6 +104,15 @@ impl Modify for Common {
                         .description(
                             "The plan does not allow it: names the feature, limit, usage and the plan that would",
                         )
+                        .content(saas_core::problem::CONTENT_TYPE_PROBLEM, problem())
+                        .build(),
+                ),
+            );
+            components.responses.insert(
+                "UnsupportedMediaType".into(),
+                RefOr::T(
+                    ResponseBuilder::new()
+                        .description("The body must be application/json")
                         .content(saas_core::problem::CONTENT_TYPE_PROBLEM, problem())
                         .build(),
                 ),
@@ -146,7 +156,7 @@ impl Modify for Common {
                 if api {
                     statuses.extend(["400", "401", "403", "404", "429"]);
                     if op.request_body.is_some() {
-                        statuses.push("422");
+                        statuses.extend(["415", "422"]);
                     }
                 }
                 let listed: Vec<String> = op.responses.responses.keys().cloned().collect();
