@@ -37,6 +37,11 @@ struct Running {
 }
 
 async fn start() -> Running {
+    start_with(None).await
+}
+
+/// [`start`] with every plan's rate limit set to `rate` requests per minute per tenant.
+async fn start_with(rate: Option<u32>) -> Running {
     let db = TestDb::new(&setup::migrators()).await.unwrap();
     // The simulated time starts four months back, so that however far a test moves it,
     // it stays behind the database's clock (which dates what the simulator did not).
@@ -65,6 +70,8 @@ async fn start() -> Running {
             clock: Arc::new(clock.clone()),
             keyring: Arc::new(Keyring::from_spec(&format!("t1:{}", Keyring::generate_key())).unwrap()),
             allow_local_webhooks: true,
+            rate_store: saas_app::app::RateStore::Memory(saas_core::ratelimit::MemoryStore::new()),
+            rate_override: rate,
         },
     )
     .await
@@ -1061,6 +1068,8 @@ async fn an_export_holds_one_tenant_and_deletion_restore_and_purge_touch_only_it
     saas_tenancy::lifecycle::restore(&platform, acme_id, staff.clone(), &r.clock)
         .await
         .unwrap();
+    // This process caches tenants for 5 s; a change made elsewhere is seen within that.
+    r.app.shared.tenants.invalidate(acme_id).await;
     let (s, list) = r.call("GET", "/v1/projects", "ada", "acme", None).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(list.as_array().unwrap().len(), 2);
@@ -1203,5 +1212,32 @@ async fn schemathesis_finds_no_server_error_and_every_answer_matches_the_schema(
         "schemathesis found failures:\n{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(text.contains("Tested: 28"), "{text}");
+    assert!(text.contains("Tested: 29"), "{text}");
+}
+
+#[tokio::test]
+async fn each_tenant_has_its_own_rate_limit() {
+    let r = start_with(Some(5)).await;
+    for i in 0..5 {
+        let (s, _) = r.call("GET", "/v1/ping", "ada", "acme", None).await;
+        assert_eq!(s, StatusCode::OK, "request {i}");
+    }
+    let res = r
+        .http
+        .get(format!("{}/v1/ping", r.base))
+        .header("x-tenant-id", "acme")
+        .bearer_auth(r.token("cy"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "the tenant's sixth, by another member"
+    );
+    assert!(res.headers().contains_key("retry-after"));
+    assert_eq!(res.headers()["ratelimit-limit"], "5");
+    // Another tenant is not slowed down by acme.
+    let (s, _) = r.call("GET", "/v1/ping", "gil", "globex", None).await;
+    assert_eq!(s, StatusCode::OK);
 }

@@ -26,7 +26,7 @@ use saas_core::{Problem, TenantId};
 use saas_events::mail::{MailHandler, Mailer, Templates};
 use saas_events::{Worker, WorkerBuilder, WorkerHandle};
 use saas_flags::{FlagStore, FlagsLayer};
-use saas_tenancy::{PgTenantStore, PlatformPool, TenantLayer, resolve};
+use saas_tenancy::{CachedTenantStore, PgTenantStore, PlatformPool, TenantLayer, resolve};
 use tower::ServiceBuilder;
 
 use crate::product;
@@ -159,6 +159,8 @@ pub struct Shared {
     pub webhooks: saas_events::Webhooks,
     /// The clock.
     pub clock: Arc<dyn Clock>,
+    /// Tenants by id and slug, cached.
+    pub tenants: CachedTenantStore<PgTenantStore>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -206,6 +208,43 @@ pub struct Parts {
     /// Lets tenants register webhook endpoints on loopback and private addresses over
     /// plain http: for development and tests only.
     pub allow_local_webhooks: bool,
+    /// Where rate-limit allowances are counted: this process, or Redis (shared by every
+    /// instance).
+    pub rate_store: RateStore,
+    /// Requests per minute per tenant for every plan, instead of the plans' quotas (load
+    /// tests).
+    pub rate_override: Option<u32>,
+}
+
+/// Where rate-limit allowances live.
+#[derive(Clone, Debug)]
+pub enum RateStore {
+    /// In this process.
+    Memory(saas_core::ratelimit::MemoryStore),
+    /// In Redis, shared by every instance (`REDIS_URL`).
+    Redis(saas_core::ratelimit::RedisStore),
+}
+
+impl saas_core::ratelimit::RateStore for RateStore {
+    async fn check(
+        &self,
+        key: &saas_core::ratelimit::RateKey,
+        quota: saas_core::ratelimit::Quota,
+    ) -> Result<saas_core::ratelimit::RateDecision, saas_core::ratelimit::StoreError> {
+        match self {
+            RateStore::Memory(m) => m.check(key, quota).await,
+            RateStore::Redis(r) => r.check(key, quota).await,
+        }
+    }
+}
+
+/// Requests per minute per tenant on each plan.
+pub fn plan_quota(plan: &str) -> u32 {
+    match plan {
+        "business" => 12_000,
+        "pro" => 3_000,
+        _ => 600,
+    }
 }
 
 /// The running app's pieces: its router, and the tasks that keep its caches current.
@@ -354,6 +393,9 @@ impl App {
                 )));
             webhooks = webhooks.policy(local, true);
         }
+        // Tenants cached for 5 s: lifecycle changes made here invalidate at once, other
+        // processes see them within the TTL.
+        let tenants = CachedTenantStore::new(PgTenantStore::new(db.app.clone()), 100_000, Duration::from_secs(5));
         let shared = Shared {
             db: db.clone(),
             platform: platform.clone(),
@@ -368,8 +410,10 @@ impl App {
             relay,
             webhooks,
             clock: Arc::clone(&parts.clock),
+            tenants: tenants.clone(),
         };
 
+        let rate_override = parts.rate_override;
         let authenticate = AuthenticateLayer::new(users).oidc(parts.oidc).api_keys(keys.clone());
         let perm = |name: &'static str| {
             RequirePermission::new(&authz, name).map_err(|e| StartError::Product(format!("{name}: {e}")))
@@ -445,6 +489,7 @@ impl App {
                 "/v1/billing/portal",
                 post(routes::billing::portal).route_layer(perm("billing:manage")?),
             )
+            .route("/v1/ping", get(routes::ping).route_layer(perm("project:read")?))
             .fallback(|| async { Problem::not_found() })
             // Inside the entitlements layer: flags target on the tenant's plan and features.
             .layer(FlagsLayer::new(flags).enrich(|parts, ctx| {
@@ -452,11 +497,18 @@ impl App {
                     *ctx = snapshot.flag_context(std::mem::take(ctx));
                 }
             }))
+            // Per tenant, by plan (read from the entitlements snapshot, outside this layer).
+            .layer(saas_core::ratelimit::RateLimitLayer::new(
+                saas_core::ratelimit::by_tenant(),
+                move |_: &saas_core::ratelimit::RateKey, parts: &http::request::Parts| {
+                    let plan = parts.extensions.get::<TenantSnapshot>().map(|s| s.plan().0);
+                    let per_minute = rate_override.unwrap_or_else(|| plan_quota(plan.as_deref().unwrap_or("free")));
+                    Some(saas_core::ratelimit::Quota::per(per_minute, Duration::from_secs(60)))
+                },
+                parts.rate_store.clone(),
+            ))
             .layer(EntitlementsLayer::new(Arc::clone(&entitlements)))
-            .layer(
-                TenantLayer::new(resolve::header("x-tenant-id"), PgTenantStore::new(db.app.clone()))
-                    .membership(memberships),
-            )
+            .layer(TenantLayer::new(resolve::header("x-tenant-id"), tenants.clone()).membership(memberships))
             .layer(authenticate.clone());
         // Signed in, not yet a member: accepting an invitation names its tenant in the token.
         let joining = Router::new()

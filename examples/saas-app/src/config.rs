@@ -41,6 +41,15 @@ pub struct Config {
     /// `WEBHOOKS_ALLOW_LOCAL=1`: tenants may register webhook endpoints on loopback over
     /// plain http (development only; production refuses private addresses).
     pub allow_local_webhooks: bool,
+    /// `REDIS_URL`: count rate limits in Redis, shared by every instance (default: in
+    /// this process).
+    pub redis_url: Option<String>,
+    /// `SAAS_APP_RATE_LIMIT`: requests per minute per tenant for every plan (load tests);
+    /// default: the plan's quota.
+    pub rate_override: Option<u32>,
+    /// `SAAS_APP_BARE_PORT`: also serve the load test's bare twins (`/bare/ping`,
+    /// `/bare/projects`) on this port. Never in production.
+    pub bare_port: Option<u16>,
 }
 
 /// An SMTP server to send e-mail through.
@@ -82,6 +91,19 @@ impl Config {
             stripe_secret_key: var("STRIPE_SECRET_KEY"),
             stripe_api_base: var("STRIPE_API_BASE"),
             data_dir: var("SAAS_APP_DIR").map_or_else(|| PathBuf::from("target/saas-app"), PathBuf::from),
+            redis_url: var("REDIS_URL"),
+            rate_override: match var("SAAS_APP_RATE_LIMIT") {
+                Some(v) => Some(
+                    v.trim()
+                        .parse()
+                        .map_err(|_| format!("SAAS_APP_RATE_LIMIT={v:?} is not a number of requests per minute"))?,
+                ),
+                None => None,
+            },
+            bare_port: match var("SAAS_APP_BARE_PORT") {
+                Some(_) => Some(port("SAAS_APP_BARE_PORT", 0)?),
+                None => None,
+            },
             allow_local_webhooks: var("WEBHOOKS_ALLOW_LOCAL")
                 .is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true")),
             smtp: match var("SMTP_HOST") {

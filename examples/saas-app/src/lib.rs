@@ -33,6 +33,8 @@
 //!     public_url: "http://127.0.0.1:3000".into(),
 //!     clock: Arc::new(SystemClock),
 //!     allow_local_webhooks: false,
+//!     rate_store: saas_app::app::RateStore::Memory(saas_core::ratelimit::MemoryStore::new()),
+//!     rate_override: None,
 //! }).await?;
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 //! tokio::spawn(axum::serve(listener, app.router.clone()).into_future());

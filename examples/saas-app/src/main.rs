@@ -393,6 +393,14 @@ async fn serve() -> Result<(), Fail> {
         clock: Arc::new(SystemClock),
         keyring: Arc::new(keyring(&cfg.data_dir)?),
         allow_local_webhooks: cfg.allow_local_webhooks,
+        rate_store: match &cfg.redis_url {
+            Some(url) => saas_app::app::RateStore::Redis(
+                saas_core::ratelimit::RedisStore::new(url, "saas-app:rl:")
+                    .map_err(|e| fail(format!("REDIS_URL {url}: {e}")))?,
+            ),
+            None => saas_app::app::RateStore::Memory(saas_core::ratelimit::MemoryStore::new()),
+        },
+        rate_override: cfg.rate_override,
     };
     let app = App::start(db, parts).await?;
     let issuer = match &local {
@@ -415,6 +423,9 @@ async fn serve() -> Result<(), Fail> {
         None => app.worker(ConsoleMailer).await?,
     };
 
+    if let Some(port) = cfg.bare_port {
+        bare_twins(&app, &cfg.host, port).await?;
+    }
     banner(&cfg, local.as_ref(), &demo, &billing, &secret, generated_secret);
     axum::serve(listener, app.router.clone())
         .with_graceful_shutdown(async {
@@ -423,6 +434,42 @@ async fn serve() -> Result<(), Fail> {
         .await?;
     println!("saas-app: stopping (jobs in flight get 10 s)");
     worker.shutdown(Duration::from_secs(10)).await;
+    Ok(())
+}
+
+/// The load test's bare twins, on `port`: `GET /bare/ping` with no layer at all, and
+/// `GET /bare/projects`, the projects query of `GET /v1/projects` for acme with `WHERE
+/// tenant_id` on a plain pool (the platform role, which row-level security does not
+/// apply to). Only with `SAAS_APP_BARE_PORT`: they answer without any credential.
+async fn bare_twins(app: &App, host: &str, port: u16) -> Result<(), Fail> {
+    use axum::routing::get;
+    let pool = app.shared.db.platform.clone();
+    let acme: saas_core::TenantId = sqlx::query_scalar("SELECT id FROM saas.tenants WHERE slug = 'acme'")
+        .fetch_one(&pool)
+        .await?;
+    let router = axum::Router::new().route("/bare/ping", get(|| async { "pong" })).route(
+        "/bare/projects",
+        get(move || {
+            let pool = pool.clone();
+            async move {
+                let rows: Vec<saas_app::routes::projects::Project> = sqlx::query_as(
+                    "SELECT id, name, description, archived, created_at FROM projects WHERE tenant_id = $1 \
+                     ORDER BY created_at, id LIMIT 500",
+                )
+                .bind(acme)
+                .fetch_all(&pool)
+                .await
+                .map_err(|e| saas_core::Problem::internal().with_internal(e))?;
+                Ok::<_, saas_core::Problem>(axum::Json(rows))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind((host, port))
+        .await
+        .map_err(|e| fail(format!("SAAS_APP_BARE_PORT {port}: {e}")))?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
     Ok(())
 }
 

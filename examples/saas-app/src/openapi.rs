@@ -20,6 +20,7 @@ use crate::routes;
     paths(
         routes::root,
         routes::health,
+        routes::ping,
         routes::account::me,
         routes::account::members,
         routes::projects::list_projects,

@@ -38,3 +38,11 @@ pub(crate) async fn root() -> Json<Value> {
 pub(crate) async fn health() -> http::Response<String> {
     saas_core::health::liveness()
 }
+
+#[utoipa::path(get, path = "/v1/ping", tag = "service",
+    responses((status = 200, description = "pong: the full stack (authentication, tenant, membership, rate limit, entitlements, flags, a permission check) answered", body = String)))]
+/// `GET /v1/ping` (`project:read`): nothing but the stack, for load tests and probes with
+/// a credential.
+pub(crate) async fn ping() -> &'static str {
+    "pong"
+}

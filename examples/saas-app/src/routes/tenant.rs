@@ -72,6 +72,7 @@ pub(crate) async fn request_deletion(
         &*shared.clock,
     )
     .await?;
+    shared.tenants.invalidate(t.id).await;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "tenant": t.id, "status": "pending_deletion", "purge_after": t.purge_after })),
