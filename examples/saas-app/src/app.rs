@@ -516,7 +516,7 @@ impl App {
             .layer(authenticate);
 
         let webhooks = WebhookEndpoint::new(platform, secrets);
-        let router = Router::new()
+        let router: Router = Router::new()
             .route("/", get(routes::root))
             .route("/health", get(routes::health))
             .route(
@@ -539,8 +539,11 @@ impl App {
             .layer(axum::Extension(keys))
             .layer(axum::Extension(db.app.clone()))
             .layer(ProblemLayer::new())
-            .layer(TraceLayer::new())
-            .layer(RequestIdLayer::new());
+            .layer(TraceLayer::new());
+        // Outside the trace layer, so that a panic's report carries the request's tags.
+        #[cfg(feature = "sentry")]
+        let router = router.layer(saas_core::telemetry::sentry_layer());
+        let router = router.layer(RequestIdLayer::new());
         Ok(App { shared, router, tasks })
     }
 
