@@ -685,6 +685,13 @@ async fn a_removed_members_key_stops_working_and_a_service_accounts_does_not() {
 
     let (_, ben) = r.call("GET", "/v1/me", "ben", "acme", None).await;
     let ben = ben["user"].as_str().unwrap().to_owned();
+    // A member may not remove someone else (but may leave: below, for cy).
+    assert_eq!(
+        r.call("DELETE", &format!("/v1/members/{ben}"), "cy", "acme", None)
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
     let (s, _) = r
         .call("DELETE", &format!("/v1/members/{ben}"), "ada", "acme", None)
         .await;
@@ -699,6 +706,26 @@ async fn a_removed_members_key_stops_working_and_a_service_accounts_does_not() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert!(refused, "the removed member's key still works");
+    let (_, cy) = r.call("GET", "/v1/me", "cy", "acme", None).await;
+    let cy = cy["user"].as_str().unwrap().to_owned();
+    assert_eq!(
+        r.call("DELETE", &format!("/v1/members/{cy}"), "cy", "acme", None)
+            .await
+            .0,
+        StatusCode::NO_CONTENT,
+        "a member leaves"
+    );
+    assert_eq!(
+        r.call("GET", "/v1/projects", "cy", "acme", None).await.0,
+        StatusCode::NOT_FOUND
+    );
+    // The last owner cannot leave.
+    let (_, ada) = r.call("GET", "/v1/me", "ada", "acme", None).await;
+    let ada = ada["user"].as_str().unwrap().to_owned();
+    let (s, _) = r
+        .call("DELETE", &format!("/v1/members/{ada}"), "ada", "acme", None)
+        .await;
+    assert!(s.is_client_error(), "the last owner left: {s}");
     assert_eq!(
         r.call_with("GET", "/v1/projects", &service_key, "acme").await,
         StatusCode::OK

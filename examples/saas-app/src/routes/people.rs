@@ -102,7 +102,9 @@ pub(crate) async fn set_roles(
     Ok(Json(json!({ "user": member.user_id, "roles": member.roles })))
 }
 
-/// `DELETE /v1/members/{user}`: their keys, grants and pending invitations go with them.
+/// `DELETE /v1/members/{user}`: a member leaves (their own id), or an admin removes
+/// someone (`member:delete`); their keys, grants and pending invitations go with them, and
+/// the last owner can neither leave nor be removed.
 #[utoipa::path(delete, path = "/v1/members/{user}", tag = "people", params(("user" = Uuid, Path, description = "The member")),
     responses((status = 204, description = "Removed, with their keys, grants and invitations")))]
 pub(crate) async fn remove(
@@ -112,6 +114,14 @@ pub(crate) async fn remove(
     Path(user): Path<UserId>,
 ) -> Result<StatusCode, Problem> {
     let tenant = tx.tenant();
+    // Anyone may leave; removing someone else is an admin's (and saas-authz's rank rules).
+    if user != principal.user_id {
+        shared.authz.ensure(tenant).await?;
+        shared
+            .authz
+            .for_tenant(tenant)
+            .require_any(&principal, "member:delete")?;
+    }
     shared.memberships.remove(&mut tx, &principal, user).await?;
     tx.commit().await?;
     shared.policy_changed(tenant).await;
