@@ -218,7 +218,7 @@ fn local_key(dir: &Path) -> Result<Vec<u8>, Fail> {
                 ))
             })?;
             let key = LocalIssuer::generate_es256_pkcs8()?;
-            std::fs::write(&path, &key).map_err(|e| {
+            write_private(&path, &key).map_err(|e| {
                 fail(format!(
                     "cannot write {} ({e}); set SAAS_APP_DIR to a writable directory",
                     path.display()
@@ -231,6 +231,16 @@ fn local_key(dir: &Path) -> Result<Vec<u8>, Fail> {
             path.display()
         ))),
     }
+}
+
+/// Writes a secret readable by its owner only (mode 0600 on Unix).
+fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(contents)
 }
 
 /// `STRIPE_WEBHOOK_SECRET`, or one generated on first start and kept under the data
@@ -249,7 +259,7 @@ fn webhook_secret(dir: &Path) -> Result<(String, bool), Fail> {
     getrandom::fill(&mut bytes).map_err(|e| fail(format!("no randomness for the webhook secret: {e}")))?;
     let secret = format!("whsec_{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>());
     std::fs::create_dir_all(dir)
-        .and_then(|()| std::fs::write(&path, &secret))
+        .and_then(|()| write_private(&path, secret.as_bytes()))
         .map_err(|e| {
             fail(format!(
                 "cannot write {} ({e}); set SAAS_APP_DIR to a writable directory",
@@ -271,7 +281,7 @@ fn keyring(dir: &Path) -> Result<Keyring, Fail> {
         Err(_) => {
             let spec = format!("local1:{}", Keyring::generate_key());
             std::fs::create_dir_all(dir)
-                .and_then(|()| std::fs::write(&path, &spec))
+                .and_then(|()| write_private(&path, spec.as_bytes()))
                 .map_err(|e| {
                     fail(format!(
                         "cannot write {} ({e}); set SAAS_APP_DIR to a writable directory",
