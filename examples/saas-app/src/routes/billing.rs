@@ -59,15 +59,15 @@ pub(crate) async fn checkout(
         .with_type("unknown-price"));
     }
     let return_url = format!("{}/v1/billing", shared.public_url);
-    // A plan's trial applies to a tenant's first subscription.
-    let trial_days = match shared
-        .billing
-        .summary(&shared.platform, &shared.entitlements, tenant.id())
-        .await?
-        .subscription
-    {
-        Some(_) => 0,
-        None => shared.catalog.plan_of_price(&body.price).map_or(0, |p| p.trial()),
+    // A plan's trial applies to a tenant's first subscription (asked of the mirror, which
+    // row-level security limits to this tenant: no call to the provider).
+    let subscribed: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM saas.billing_subscriptions)")
+        .fetch_one(&mut *tx)
+        .await?;
+    let trial_days = if subscribed {
+        0
+    } else {
+        shared.catalog.plan_of_price(&body.price).map_or(0, |p| p.trial())
     };
     // The buyer's e-mail goes to the provider's customer (created once per tenant).
     let email = Memberships::get(&mut tx, principal.user_id)
